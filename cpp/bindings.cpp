@@ -1,0 +1,153 @@
+// bindings.cpp — the one file that includes pybind11: builds the private module lstmx._core.
+// The public, checked API is python/lstmx; this layer re-checks dtype, contiguity and shape
+// (so a direct call cannot crash the process), allocates the outputs, and releases the GIL
+// around compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lstmx.h"
+
+namespace py = pybind11;
+using lstmx::Cache;
+using lstmx::Dims;
+using lstmx::Index;
+using lstmx::Kernel;
+
+namespace {
+
+std::string shape_str(const std::vector<Index>& s) {
+  std::string r = "(";
+  for (size_t k = 0; k < s.size(); ++k) r += (k ? ", " : "") + std::to_string(s[k]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+// A C-contiguous array of exactly dtype S and the given shape, or None (nullptr).
+template <typename S>
+const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>& shape) {
+  if (o.is_none()) return nullptr;
+  if (!py::isinstance<py::array_t<S>>(o))
+    throw py::type_error(std::string(name) + ": expected a numpy array of " +
+                         (sizeof(S) == 4 ? "float32" : "float64"));
+  auto a = py::reinterpret_borrow<py::array>(o);
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                          shape_str(got));
+  return static_cast<const S*>(a.data());
+}
+
+template <typename S>
+py::array_t<S> out(const std::vector<Index>& shape) {
+  return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+Kernel kernel_of(bool naive) { return naive ? Kernel::Naive : Kernel::Fast; }
+
+template <typename S>
+py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_hh,
+                  const py::object& bias, const py::object& h0, const py::object& c0,
+                  bool batch_first, bool training, bool naive) {
+  if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array");
+  if (w_hh.ndim() != 2) throw py::value_error("w_hh: expected a 2-D array");
+  Dims d;
+  d.batch_first = batch_first;
+  d.T = x.shape(batch_first ? 1 : 0), d.B = x.shape(batch_first ? 0 : 1), d.I = x.shape(2);
+  d.H = w_hh.shape(1);
+  const S* px = in_ptr<S>(x, "x", {x.shape(0), x.shape(1), d.I});
+  const S* pwih = in_ptr<S>(w_ih, "w_ih", {4 * d.H, d.I});
+  const S* pwhh = in_ptr<S>(w_hh, "w_hh", {4 * d.H, d.H});
+  const S* pb = in_ptr<S>(bias, "bias", {4 * d.H});
+  const S* ph0 = in_ptr<S>(h0, "h0", {d.B, d.H});
+  const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
+  auto y = out<S>({x.shape(0), x.shape(1), d.H});
+  auto hn = out<S>({d.B, d.H}), cn = out<S>({d.B, d.H});
+  S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
+  std::shared_ptr<Cache<S>> cache;
+  {
+    py::gil_scoped_release nogil;
+    if (training) cache = std::make_shared<Cache<S>>(d);
+    lstmx::lstm_forward<S>(kernel_of(naive), d, px, pwih, pwhh, pb, ph0, pc0, py_, phn, pcn,
+                           cache.get());
+  }
+  return py::make_tuple(y, hn, cn, cache ? py::cast(cache) : py::none());
+}
+
+template <typename S>
+py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object& dh_n,
+                   const py::object& dc_n, bool naive) {
+  const Dims& d = cache.d;
+  const std::vector<Index> yshape =
+      d.batch_first ? std::vector<Index>{d.B, d.T, d.H} : std::vector<Index>{d.T, d.B, d.H};
+  const S* pdy = in_ptr<S>(dy, "dy", yshape);
+  const S* pdhn = in_ptr<S>(dh_n, "dh_n", {d.B, d.H});
+  const S* pdcn = in_ptr<S>(dc_n, "dc_n", {d.B, d.H});
+  auto dx = out<S>({yshape[0], yshape[1], d.I});
+  auto dh0 = out<S>({d.B, d.H}), dc0 = out<S>({d.B, d.H});
+  auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, d.H});
+  auto db = out<S>({4 * d.H});
+  S *p0 = dx.mutable_data(), *p1 = dh0.mutable_data(), *p2 = dc0.mutable_data();
+  S *p3 = dwih.mutable_data(), *p4 = dwhh.mutable_data(), *p5 = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lstmx::lstm_backward<S>(kernel_of(naive), cache, pdy, pdhn, pdcn, p0, p1, p2, p3, p4, p5);
+  }
+  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db);
+}
+
+template <typename S>
+void bind_dtype(py::module_& m, const char* cache_name) {
+  py::class_<Cache<S>, std::shared_ptr<Cache<S>>>(m, cache_name,
+                                                  "Forward workspace kept for backward.")
+      .def_property_readonly("T", [](const Cache<S>& c) { return c.d.T; })
+      .def_property_readonly("B", [](const Cache<S>& c) { return c.d.B; })
+      .def_property_readonly("I", [](const Cache<S>& c) { return c.d.I; })
+      .def_property_readonly("H", [](const Cache<S>& c) { return c.d.H; })
+      .def_property_readonly("batch_first", [](const Cache<S>& c) { return c.d.batch_first; })
+      .def_property_readonly("nbytes", &Cache<S>::nbytes);
+  m.def("backward", &backward<S>, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("naive") = false);
+}
+
+py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array& w_hh,
+                      const py::object& bias, const py::object& h0, const py::object& c0,
+                      bool batch_first, bool training, bool naive) {
+  if (py::isinstance<py::array_t<float>>(x))
+    return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive);
+  if (py::isinstance<py::array_t<double>>(x))
+    return forward<double>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive);
+  throw py::type_error("x: expected a numpy array of float32 or float64");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lstmx private compiled core. Use the public `lstmx` package instead.";
+  bind_dtype<float>(m, "Cache_f32");
+  bind_dtype<double>(m, "Cache_f64");
+  m.def("forward", &forward_any, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
+        py::arg("training"), py::arg("naive") = false);
+  m.def("set_num_threads", &lstmx::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &lstmx::num_threads);
+  m.def("build_info", []() {
+    py::dict d;
+    d["openmp"] = lstmx::has_openmp();
+    d["eigen"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
+                 "." + std::to_string(EIGEN_MINOR_VERSION);
+    d["simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = std::string("unknown");
+#endif
+    return d;
+  });
+}

@@ -1,0 +1,49 @@
+"""lstmx: a fast, complete LSTM for the CPU.
+
+C++/Eigen kernels, parallel with OpenMP, behind a thin NumPy API. Gate order i, f, g, o and
+parameter layout as in ``torch.nn.LSTM``. See :mod:`lstmx.functional` for the shapes.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import _core, reference
+from .functional import (LSTMGrads, Tape, lstm, lstm_backward, lstm_cell, lstm_cell_backward,
+                         lstm_cell_train, lstm_train)
+from .layer import LSTM
+
+try:
+    __version__ = version("lstmx")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "LSTM", "LSTMGrads", "Tape", "lstm", "lstm_train", "lstm_backward", "lstm_cell",
+    "lstm_cell_train", "lstm_cell_backward", "set_num_threads", "get_num_threads",
+    "show_config", "config", "reference", "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads lstmx's kernels use (``n >= 1``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads lstmx's kernels use (1 without OpenMP)."""
+    return int(_core.get_num_threads())
+
+
+def config() -> dict[str, object]:
+    """Build and run-time facts: version, OpenMP, threads, Eigen version, SIMD, compiler."""
+    info = dict(_core.build_info())
+    return {"version": __version__, "threads": get_num_threads(), **info}
+
+
+def show_config() -> None:
+    """Print :func:`config`, one fact a line."""
+    for k, v in config().items():
+        print(f"{k:>8}: {v}")
