@@ -1,0 +1,45 @@
+"""Shared helpers for the lstmx tests."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+DTYPES = [np.float64, np.float32]
+
+
+def make_case(T: int, B: int, I: int, H: int, dtype: Any = np.float64, seed: int = 0,
+              batch_first: bool = False, scale: float = 0.5) -> dict[str, np.ndarray]:
+    """Random inputs and parameters for one LSTM call."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape: int, s: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * s).astype(dtype)
+
+    return dict(x=r(B, T, I) if batch_first else r(T, B, I), w_ih=r(4 * H, I, s=scale),
+                w_hh=r(4 * H, H, s=scale), b_ih=r(4 * H, s=scale), b_hh=r(4 * H, s=scale),
+                h0=r(B, H), c0=r(B, H))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: Any, what: str = "") -> None:
+    """float64: ~1e-10; float32: ~1e-5 relative to the array's scale."""
+    tol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-5
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, what
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def require(name: str) -> ModuleType:
+    """Import an optional peer. Skips locally if absent; fails under CI, where it must run."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{name} is not installed")

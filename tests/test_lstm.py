@@ -1,0 +1,284 @@
+"""lstmx's C++ forward and backward against the NumPy reference."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close, make_case
+
+import lstmx
+from lstmx import functional as F
+from lstmx import reference as R
+
+SHAPES = [  # T, B, I, H: T = 1, B = 1, I != H, H not a multiple of 16
+    (1, 1, 1, 1),
+    (1, 3, 4, 5),
+    (5, 1, 7, 3),
+    (9, 4, 6, 13),
+    (12, 3, 17, 16),
+    (4, 2, 33, 17),
+    (30, 5, 8, 24),
+]
+
+
+def _grad_names(has_bias: bool) -> list[str]:
+    return ["dx", "dh0", "dc0", "dw_ih", "dw_hh"] + (["db_ih", "db_hh"] if has_bias else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_forward_backward_match_reference(dtype: Any, shape: tuple[int, ...],
+                                          batch_first: bool) -> None:
+    T, B, I, H = shape
+    c = make_case(T, B, I, H, dtype, seed=T * 100 + H, batch_first=batch_first)
+    c64 = {k: v.astype(np.float64) for k, v in c.items()}
+    yr, hr, cr, cache = R.lstm_forward(**c64, batch_first=batch_first)
+    y, hn, cn, tape = lstmx.lstm_train(**c, batch_first=batch_first)
+    for name, a, r in (("y", y, yr), ("h_n", hn, hr), ("c_n", cn, cr)):
+        assert a.dtype == dtype
+        assert_close(a, r, dtype, name)
+    # inference gives the very same numbers as training
+    yi, hi, ci = lstmx.lstm(**c, batch_first=batch_first)
+    np.testing.assert_array_equal(yi, y)
+    np.testing.assert_array_equal(hi, hn)
+    np.testing.assert_array_equal(ci, cn)
+
+    rng = np.random.default_rng(1)
+    dy, dh, dc = (rng.standard_normal(a.shape).astype(dtype) for a in (y, hn, cn))
+    g = lstmx.lstm_backward(tape, dy, dh, dc)
+    gr = R.lstm_backward(cache, dy.astype(np.float64), dh.astype(np.float64),
+                         dc.astype(np.float64))
+    for k in _grad_names(True):
+        assert getattr(g, k).dtype == dtype
+        assert_close(getattr(g, k), gr[k], dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_state,with_bias,with_dy,with_dn",
+                         list(itertools.product([False, True], repeat=4)))
+def test_optional_arguments(dtype: Any, with_state: bool, with_bias: bool, with_dy: bool,
+                            with_dn: bool) -> None:
+    c = make_case(6, 3, 4, 5, dtype, seed=3)
+    if not with_state:
+        c["h0"] = c["c0"] = None  # type: ignore[assignment]
+    if not with_bias:
+        c["b_ih"] = c["b_hh"] = None  # type: ignore[assignment]
+    c64 = {k: None if v is None else v.astype(np.float64) for k, v in c.items()}
+    yr, _, _, cache = R.lstm_forward(**c64)
+    y, hn, cn, tape = lstmx.lstm_train(**c)
+    assert_close(y, yr, dtype, "y")
+    rng = np.random.default_rng(2)
+    dy = rng.standard_normal(y.shape).astype(dtype) if with_dy else None
+    dh = rng.standard_normal(hn.shape).astype(dtype) if with_dn else None
+    dc = rng.standard_normal(cn.shape).astype(dtype) if with_dn else None
+    g = lstmx.lstm_backward(tape, dy, dh, dc)
+    f64 = (lambda a: None if a is None else a.astype(np.float64))
+    gr = R.lstm_backward(cache, f64(dy), f64(dh), f64(dc))
+    for k in _grad_names(with_bias):
+        assert_close(getattr(g, k), gr[k], dtype, k)
+    if not with_bias:
+        assert g.db_ih is None and g.db_hh is None
+    if not (with_dy or with_dn):
+        assert not np.any(g.dw_ih) and not np.any(g.dx)
+
+
+def test_only_one_bias() -> None:
+    c = make_case(4, 2, 3, 5)
+    y1, *_ = lstmx.lstm(c["x"], c["w_ih"], c["w_hh"], b_ih=c["b_ih"])
+    y2, *_ = lstmx.lstm(c["x"], c["w_ih"], c["w_hh"], b_hh=c["b_ih"])
+    yr, *_ = R.lstm_forward(c["x"], c["w_ih"], c["w_hh"], b_ih=c["b_ih"])
+    assert_close(y1, yr, np.float64)
+    np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool) -> None:
+    c = make_case(7, 5, 6, 19, dtype, seed=11, batch_first=batch_first)
+    outs = [F._forward(**c, batch_first=batch_first, training=True, naive=n) for n in (0, 1)]
+    tol = 1e-14 if dtype == np.float64 else 2e-6
+    for a, b in zip(outs[0][:3], outs[1][:3]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    dy = np.random.default_rng(0).standard_normal(outs[0][0].shape).astype(dtype)
+    ga = F._backward(outs[0][3], dy, None, None, naive=False)
+    gb = F._backward(outs[1][3], dy, None, None, naive=True)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gradient_check_finite_differences(batch_first: bool) -> None:
+    """Every gradient lstmx computes, against central differences of lstmx itself (float64)."""
+    c = make_case(T=4, B=2, I=3, H=5, batch_first=batch_first, seed=5)
+    rng = np.random.default_rng(9)
+    y, hn, cn, tape = lstmx.lstm_train(**c, batch_first=batch_first)
+    wy, wh, wc = (rng.standard_normal(a.shape) for a in (y, hn, cn))
+
+    def loss() -> float:
+        y, hn, cn = lstmx.lstm(**c, batch_first=batch_first)
+        return float((y * wy).sum() + (hn * wh).sum() + (cn * wc).sum())
+
+    g = lstmx.lstm_backward(tape, wy, wh, wc)
+    names = dict(x="dx", h0="dh0", c0="dc0", w_ih="dw_ih", w_hh="dw_hh", b_ih="db_ih",
+                 b_hh="db_hh")
+    eps = 1e-6
+    for k, gk in names.items():
+        a, num = c[k], np.zeros_like(c[k])
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = loss()
+            a[idx] = old - eps
+            lm = loss()
+            a[idx] = old
+            num[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(getattr(g, gk), num, rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cell_step_matches_reference_and_sequence(dtype: Any) -> None:
+    c = make_case(1, 4, 6, 7, dtype, seed=21)
+    x = c["x"][0]
+    h, cc, tape = lstmx.lstm_cell_train(x, c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"],
+                                        c["c0"])
+    h2, c2 = lstmx.lstm_cell(x, c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"], c["c0"])
+    np.testing.assert_array_equal(h, h2)
+    np.testing.assert_array_equal(cc, c2)
+    c64 = {k: v.astype(np.float64) for k, v in c.items()}
+    yr, hr, cr, cache = R.lstm_forward(**c64)
+    assert h.shape == (4, 7) and cc.shape == (4, 7)
+    assert_close(h, hr, dtype, "h")
+    assert_close(cc, cr, dtype, "c")
+    rng = np.random.default_rng(4)
+    dh, dc = rng.standard_normal((2, 4, 7)).astype(dtype)
+    g = lstmx.lstm_cell_backward(tape, dh, dc)
+    gr = R.lstm_backward(cache, None, dh.astype(np.float64), dc.astype(np.float64))
+    assert g.dx.shape == x.shape
+    assert_close(g.dx, gr["dx"][0], dtype, "dx")
+    for k in ("dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"):
+        assert_close(getattr(g, k), gr[k], dtype, k)
+    # no state given: zeros
+    h3, c3 = lstmx.lstm_cell(x, c["w_ih"], c["w_hh"])
+    yr3, _, cr3, _ = R.lstm_forward(c64["x"], c64["w_ih"], c64["w_hh"])
+    assert_close(h3, yr3[0], dtype, "h")
+    assert_close(c3, cr3, dtype, "c")
+
+
+def test_cell_steps_chain_to_sequence() -> None:
+    c = make_case(5, 2, 3, 4, seed=8)
+    h, cc = c["h0"], c["c0"]
+    for t in range(5):
+        h, cc = lstmx.lstm_cell(c["x"][t], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], h, cc)
+    _, hn, cn = lstmx.lstm(**c)
+    np.testing.assert_allclose(h, hn, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(cc, cn, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "reversed", "readonly", "list"])
+def test_noncontiguous_inputs(layout: str) -> None:
+    c = make_case(6, 3, 5, 4, seed=2)
+    expected = lstmx.lstm(**c)
+    d: dict[str, Any] = {}
+    for k, v in c.items():
+        if layout == "fortran":
+            d[k] = np.asfortranarray(v)
+        elif layout == "strided":
+            big = np.zeros(v.shape + (2,))
+            big[..., 0] = v
+            d[k] = big[..., 0]
+        elif layout == "reversed":
+            d[k] = np.flip(np.flip(v, 0).copy(), 0)
+        elif layout == "readonly":
+            d[k] = v.copy()
+            d[k].setflags(write=False)
+        else:
+            d[k] = v.tolist()
+    if layout == "reversed":
+        assert not d["x"].flags.c_contiguous
+    got = lstmx.lstm(**d)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tape_owns_its_inputs_and_can_be_reused() -> None:
+    c = make_case(5, 2, 3, 4, seed=6)
+    y, _, _, tape = lstmx.lstm_train(**c)
+    dy = np.ones_like(y)
+    g1 = lstmx.lstm_backward(tape, dy)
+    for v in c.values():
+        v[...] = 123.0  # the caller reuses its buffers
+    g2 = lstmx.lstm_backward(tape, dy)
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
+    assert tape.nbytes > 0 and "T=5" in repr(tape)
+
+
+@pytest.mark.parametrize("T,B,I,H", [(0, 3, 4, 5), (4, 0, 4, 5), (4, 3, 0, 5), (0, 0, 0, 2)])
+def test_zero_sized_dimensions(T: int, B: int, I: int, H: int) -> None:
+    c = make_case(T, B, I, H, seed=1)
+    y, hn, cn, tape = lstmx.lstm_train(**c)
+    yr, hr, cr, cache = R.lstm_forward(**c)
+    assert y.shape == (T, B, H) and hn.shape == (B, H)
+    for a, r in ((y, yr), (hn, hr), (cn, cr)):
+        assert_close(a, r, np.float64)
+    dy = np.ones_like(y)
+    g = lstmx.lstm_backward(tape, dy, np.ones_like(hn), np.ones_like(cn))
+    gr = R.lstm_backward(cache, dy, np.ones_like(hn), np.ones_like(cn))
+    for k in _grad_names(True):
+        assert_close(getattr(g, k), gr[k], np.float64, k)
+
+
+def test_nan_propagates() -> None:
+    c = make_case(4, 3, 2, 5, seed=3)
+    c["x"][1, 2, 0] = np.nan
+    y, hn, cn, tape = lstmx.lstm_train(**c)
+    assert np.all(np.isfinite(y[:1])) and np.all(np.isfinite(y[:, :2]))
+    assert np.isnan(y[1:, 2]).all() and np.isnan(hn[2]).all() and np.isnan(cn[2]).all()
+    g = lstmx.lstm_backward(tape, np.ones_like(y))
+    assert np.isnan(g.dw_ih).any() and np.isnan(g.dx[1, 2]).all()
+    c["x"][1, 2, 0] = np.inf
+    y, *_ = lstmx.lstm(**c)
+    assert np.isfinite(y[0]).all()
+
+
+def test_extreme_preactivations_do_not_overflow() -> None:
+    c = make_case(3, 2, 4, 6, np.float32, seed=2)
+    c["x"] *= np.float32(1e4)
+    for dt in (np.float32, np.float64):
+        d = {k: v.astype(dt) for k, v in c.items()}
+        y, hn, cn, tape = lstmx.lstm_train(**d)
+        assert np.isfinite(y).all() and np.isfinite(cn).all()
+        assert np.abs(y).max() <= 1.0
+        g = lstmx.lstm_backward(tape, np.ones_like(y))
+        assert all(np.isfinite(a).all() for a in g if a is not None)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_count(threads: int) -> None:
+    c = make_case(20, 64, 32, 48, np.float32, seed=4)  # big enough for the parallel paths
+    old = lstmx.get_num_threads()
+    try:
+        lstmx.set_num_threads(threads)
+        assert lstmx.get_num_threads() == threads
+        y, hn, cn, tape = lstmx.lstm_train(**c)
+        g = lstmx.lstm_backward(tape, np.ones_like(y))
+    finally:
+        lstmx.set_num_threads(old)
+    c64 = {k: v.astype(np.float64) for k, v in c.items()}
+    yr, _, _, cache = R.lstm_forward(**c64)
+    assert_close(y, yr, np.float32)
+    gr = R.lstm_backward(cache, np.ones_like(yr))
+    assert_close(g.dw_hh, gr["dw_hh"], np.float32)
+
+
+def test_show_config(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = lstmx.config()
+    assert cfg["version"] == lstmx.__version__
+    assert str(cfg["eigen"]).startswith("3.")
+    lstmx.show_config()
+    out = capsys.readouterr().out
+    assert "eigen" in out and "threads" in out
