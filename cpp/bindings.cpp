@@ -5,14 +5,17 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "dispatch.h"
 #include "lstmx.h"
 
 namespace py = pybind11;
-using lstmx::Cache;
 using lstmx::Dims;
 using lstmx::Index;
 using lstmx::Kernel;
@@ -42,12 +45,40 @@ const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>&
   return static_cast<const S*>(a.data());
 }
 
+// Outputs are 64-byte aligned: Eigen's vectorised loops peel by address, so a fixed alignment
+// makes every result depend on the shape alone, never on where the allocator put it.
 template <typename S>
 py::array_t<S> out(const std::vector<Index>& shape) {
-  return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  std::size_t n = 1;
+  for (Index s : shape) n *= std::size_t(s);
+  void* p = std::aligned_alloc(64, std::max<std::size_t>(64, (n * sizeof(S) + 63) / 64 * 64));
+  if (!p) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()), static_cast<S*>(p),
+                        owner);
 }
 
 Kernel kernel_of(bool naive) { return naive ? Kernel::Naive : Kernel::Fast; }
+
+template <typename S>
+const lstmx::KernelTable<S>& table(const lstmx::Backend& b);
+template <>
+const lstmx::KernelTable<float>& table(const lstmx::Backend& b) { return b.f32; }
+template <>
+const lstmx::KernelTable<double>& table(const lstmx::Backend& b) { return b.f64; }
+
+// The training workspace, created and freed by the kernel module that fills it.
+template <typename S>
+struct Cache {
+  Dims d;
+  const lstmx::KernelTable<S>* k;
+  lstmx::Cache<S>* p;
+  Cache(const Dims& dims, const lstmx::KernelTable<S>& kt) : d(dims), k(&kt), p(kt.cache_new(dims)) {}
+  ~Cache() { k->cache_free(p); }
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+  std::size_t nbytes() const { return k->cache_nbytes(p); }
+};
 
 template <typename S>
 py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_hh,
@@ -71,9 +102,10 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   std::shared_ptr<Cache<S>> cache;
   {
     py::gil_scoped_release nogil;
-    if (training) cache = std::make_shared<Cache<S>>(d);
-    lstmx::lstm_forward<S>(kernel_of(naive), d, px, pwih, pwhh, pb, ph0, pc0, py_, phn, pcn,
-                           cache.get());
+    const auto& kt = table<S>(lstmx::backend());
+    if (training) cache = std::make_shared<Cache<S>>(d, kt);
+    kt.forward(kernel_of(naive), lstmx::num_threads(), d, px, pwih, pwhh, pb, ph0, pc0, py_, phn,
+               pcn, cache ? cache->p : nullptr);
   }
   return py::make_tuple(y, hn, cn, cache ? py::cast(cache) : py::none());
 }
@@ -95,7 +127,9 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   S *p3 = dwih.mutable_data(), *p4 = dwhh.mutable_data(), *p5 = db.mutable_data();
   {
     py::gil_scoped_release nogil;
-    lstmx::lstm_backward<S>(kernel_of(naive), cache, pdy, pdhn, pdcn, p0, p1, p2, p3, p4, p5);
+    // The cache's own module runs backward, whatever ISA is active now.
+    cache.k->backward(kernel_of(naive), lstmx::num_threads(), *cache.p, pdy, pdhn, pdcn, p0, p1,
+                      p2, p3, p4, p5);
   }
   return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db);
 }
@@ -135,12 +169,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("training"), py::arg("naive") = false);
   m.def("set_num_threads", &lstmx::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmx::num_threads);
+  m.def("set_isa", &lstmx::set_isa, py::arg("name"),
+        "Switch the kernels to another ISA level (see isas_available()).");
   m.def("build_info", []() {
     py::dict d;
+    const auto& b = lstmx::backend();
+    d["isa"] = std::string(b.isa);
+    py::list isas;
+    for (const auto& name : lstmx::isas_available()) isas.append(name);
+    d["isas_available"] = isas;
+    if (!lstmx::isa_note().empty()) d["isa_note"] = lstmx::isa_note();
     d["openmp"] = lstmx::has_openmp();
     d["eigen"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
                  "." + std::to_string(EIGEN_MINOR_VERSION);
-    d["simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+    d["simd"] = std::string(b.simd);
 #if defined(__clang__)
     d["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)

@@ -5,7 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
+#include <exception>
+#include <string>
+
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -13,20 +18,7 @@
 
 namespace lstmx {
 
-// ---- threads ----------------------------------------------------------------------------------
 namespace {
-int default_threads() {
-#ifdef _OPENMP
-  return std::max(1, omp_get_max_threads());
-#else
-  return 1;
-#endif
-}
-std::atomic<int> g_threads{default_threads()};
-
-// Threads for an elementwise pass over n scalars: below ~32k the fork/join costs more than it saves.
-int elementwise_threads(Index n) { return n >= (Index(1) << 15) ? num_threads() : 1; }
-
 template <typename S>
 using Map = Eigen::Map<Mat<S>>;
 template <typename S>
@@ -43,21 +35,76 @@ using CVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
 
 template <typename S>
 inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }  // exp overflow gives 0: stable
-}  // namespace
 
-void set_num_threads(int n) {
-  n = std::max(1, n);
-  g_threads.store(n);
-  Eigen::setNbThreads(n);
-}
-int num_threads() { return g_threads.load(); }
-bool has_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
+// ---- threads ----------------------------------------------------------------------------------
+// Flush denormals to zero on this thread while in scope, then restore the caller's mode.
+struct FlushDenormals {
+#if defined(__SSE__) || defined(__x86_64__)
+  unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved); }
 #endif
+};
+
+// Work is cut into fixed-size items, whatever the thread count, and the items are shared out:
+// every GEMM then has the same shape (and Eigen's rounding) with 1, 2 or 16 threads, so results
+// are bitwise identical across thread counts.
+constexpr Index kUnits = 64;  // hidden units per item of a time step (all four gates of them)
+constexpr Index kCols = 128;  // output columns (or rows) per item of the big GEMMs
+
+// Threads worth using for `items` items of work totalling `flops`: at least ~64k flops each.
+int team(int threads, Index items, double flops) {
+  const Index by_flops = std::max<Index>(1, Index(flops / 65536.0));
+  return int(std::max<Index>(1, std::min<Index>({Index(threads), items, by_flops})));
 }
+
+// Thread j of nt takes items [a, b) of [0, items).
+void share(Index items, int nt, int j, Index& a, Index& b) {
+  a = items * j / nt;
+  b = items * (j + 1) / nt;
+}
+
+inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+
+// Carries the first exception out of an OpenMP region. Threads keep reaching every barrier
+// after a failure (so none waits forever) but skip their work.
+struct Errors {
+  std::exception_ptr first;
+  std::atomic<bool> failed{false};
+  template <typename F>
+  void run(F&& f) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(lstmx_errors)
+      if (!first) first = std::current_exception();
+      failed = true;
+    }
+  }
+  void rethrow() const {
+    if (first) std::rethrow_exception(first);
+  }
+};
+
+// Run f(a, b) on every item [a, b) of [0, n) cut every `item` columns, items shared by threads.
+template <typename F>
+void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
+  const Index items = ceil_div(n, item);
+  const int nt = team(threads, items, flops);
+  Errors err;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    FlushDenormals ftz;
+    Index i0 = 0, i1 = items;
+#ifdef _OPENMP
+    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
+#endif
+    for (Index i = i0; i < i1; ++i) err.run([&] { f(i * item, std::min(n, (i + 1) * item)); });
+  }
+  err.rethrow();
+}
+}  // namespace
 
 // ---- Cache ------------------------------------------------------------------------------------
 template <typename S>
@@ -80,11 +127,11 @@ std::size_t Cache<S>::nbytes() const {
 // ---- Cell forward: naive reference and fast kernel ----------------------------------------------
 namespace {
 template <typename S>
-void cell_forward_naive(Index B, Index H, S* g, Index ldg, const S* bias, const S* c_prev,
-                        Index ldcp, S* c, Index ldc, S* h, Index ldh) {
+void cell_forward_naive(Index B, Index n, Index H, S* g, Index ldg, const S* bias,
+                        const S* c_prev, Index ldcp, S* c, Index ldc, S* h, Index ldh) {
   for (Index b = 0; b < B; ++b) {
-    S* gb = g + b * ldg;  // [4H]: i, f, g, o
-    for (Index j = 0; j < H; ++j) {
+    S* gb = g + b * ldg;  // gates i, f, g, o at +0, +H, +2H, +3H
+    for (Index j = 0; j < n; ++j) {
       S zi = gb[j], zf = gb[H + j], zg = gb[2 * H + j], zo = gb[3 * H + j];
       if (bias) zi += bias[j], zf += bias[H + j], zg += bias[2 * H + j], zo += bias[3 * H + j];
       const S i = sigmoid(zi), f = sigmoid(zf), gg = std::tanh(zg), o = sigmoid(zo);
@@ -96,37 +143,48 @@ void cell_forward_naive(Index B, Index H, S* g, Index ldg, const S* bias, const 
   }
 }
 
+// Scratch the fast kernels need: aligned, allocated once per call, never in the time loop.
+// Every exp/tanh is evaluated into it, so the vector/scalar split of each element depends on
+// its index alone, not on the address of the caller's buffers or on the thread slicing.
 template <typename S>
-void cell_forward_fast(Index B, Index H, S* g, Index ldg, const S* bias, const S* c_prev,
-                       Index ldcp, S* c, Index ldc, S* h, Index ldh) {
-  const int nt = elementwise_threads(B * 4 * H);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+using AVec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>, Eigen::AlignedMax>;
+
+template <typename S>
+void cell_forward_fast(Index B, Index n, Index H, S* g, Index ldg, const S* bias,
+                       const S* c_prev, Index ldcp, S* c, Index ldc, S* h, Index ldh, S* work) {
+  const Index np = (n + 15) / 16 * 16;
+  AVec<S> zi(work, n), zf(work + np, n), zg(work + 2 * np, n), zo(work + 3 * np, n),
+      th(work + 4 * np, n);
   for (Index b = 0; b < B; ++b) {
     S* gb = g + b * ldg;
-    Vec<S> zi(gb, H), zf(gb + H, H), zg(gb + 2 * H, H), zo(gb + 3 * H, H);
+    Vec<S> gi(gb, n), gf(gb + H, n), gg(gb + 2 * H, n), go(gb + 3 * H, n);
     if (bias) {
-      zi += CVec<S>(bias, H), zf += CVec<S>(bias + H, H);
-      zg += CVec<S>(bias + 2 * H, H), zo += CVec<S>(bias + 3 * H, H);
+      zi = gi + CVec<S>(bias, n), zf = gf + CVec<S>(bias + H, n);
+      zg = gg + CVec<S>(bias + 2 * H, n), zo = go + CVec<S>(bias + 3 * H, n);
+    } else {
+      zi = gi, zf = gf, zg = gg, zo = go;
     }
     zi = (S(1) + (-zi).exp()).inverse();  // i
     zf = (S(1) + (-zf).exp()).inverse();  // f
     zg = zg.tanh();                       // g
     zo = (S(1) + (-zo).exp()).inverse();  // o
-    Vec<S> ct(c + b * ldc, H);
-    ct = zf * CVec<S>(c_prev + b * ldcp, H) + zi * zg;  // c_prev may alias c: elementwise
-    Vec<S>(h + b * ldh, H) = zo * ct.tanh();
+    gi = zi, gf = zf, gg = zg, go = zo;   // activated gates, for backward
+    Vec<S> ct(c + b * ldc, n);
+    ct = zf * CVec<S>(c_prev + b * ldcp, n) + zi * zg;  // c_prev may alias c: elementwise
+    th = ct.tanh();
+    Vec<S>(h + b * ldh, n) = zo * th;
   }
 }
 
 // ---- Cell backward: naive reference and fast kernel ---------------------------------------------
 template <typename S>
-void cell_backward_naive(Index B, Index H, const S* gates, Index ldg, const S* c_prev, Index ldcp,
-                         const S* c, Index ldc, const S* dh, Index lddh, const S* dy, Index lddy,
-                         S* dc, S* dg, Index lddg) {
+void cell_backward_naive(Index B, Index n, Index H, const S* gates, Index ldg, const S* c_prev,
+                         Index ldcp, const S* c, Index ldc, const S* dh, Index lddh, const S* dy,
+                         Index lddy, S* dc, S* dg, Index lddg) {
   for (Index b = 0; b < B; ++b) {
     const S* gb = gates + b * ldg;
     S* db = dg + b * lddg;
-    for (Index j = 0; j < H; ++j) {
+    for (Index j = 0; j < n; ++j) {
       const S i = gb[j], f = gb[H + j], gg = gb[2 * H + j], o = gb[3 * H + j];
       const S tc = std::tanh(c[b * ldc + j]);
       const S dht = dh[b * lddh + j] + (dy ? dy[b * lddy + j] : S(0));
@@ -141,27 +199,26 @@ void cell_backward_naive(Index B, Index H, const S* gates, Index ldg, const S* c
 }
 
 template <typename S>
-void cell_backward_fast(Index B, Index H, const S* gates, Index ldg, const S* c_prev, Index ldcp,
-                        const S* c, Index ldc, const S* dh, Index lddh, const S* dy, Index lddy,
-                        S* dc, S* dg, Index lddg) {
-  const int nt = elementwise_threads(B * 4 * H);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+void cell_backward_fast(Index B, Index n, Index H, const S* gates, Index ldg, const S* c_prev,
+                        Index ldcp, const S* c, Index ldc, const S* dh, Index lddh, const S* dy,
+                        Index lddy, S* dc, S* dg, Index lddg, S* work) {
+  AVec<S> tc(work, n);
   for (Index b = 0; b < B; ++b) {
     const S* gb = gates + b * ldg;
-    CVec<S> i(gb, H), f(gb + H, H), gg(gb + 2 * H, H), o(gb + 3 * H, H);
+    CVec<S> i(gb, n), f(gb + H, n), gg(gb + 2 * H, n), o(gb + 3 * H, n);
     S* db = dg + b * lddg;
-    Vec<S> di(db, H), df(db + H, H), dgg(db + 2 * H, H), dout(db + 3 * H, H);
-    Vec<S> dcb(dc + b * H, H);
-    // The output slots hold temporaries until they are written: no allocation here.
-    dout = CVec<S>(c + b * ldc, H).tanh();  // tanh(c_t)
+    Vec<S> di(db, n), df(db + H, n), dgg(db + 2 * H, n), dout(db + 3 * H, n);
+    Vec<S> dcb(dc + b * H, n);
+    tc = CVec<S>(c + b * ldc, n).tanh();  // tanh(c_t)
+    // df holds the total dL/dh_t until it is written.
     if (dy)
-      df = CVec<S>(dh + b * lddh, H) + CVec<S>(dy + b * lddy, H);  // total dL/dh_t
+      df = CVec<S>(dh + b * lddh, n) + CVec<S>(dy + b * lddy, n);
     else
-      df = CVec<S>(dh + b * lddh, H);
-    dcb += df * o * (S(1) - dout.square());  // total dL/dc_t
-    dout = df * dout * o * (S(1) - o);
+      df = CVec<S>(dh + b * lddh, n);
+    dcb += df * o * (S(1) - tc.square());  // total dL/dc_t
+    dout = df * tc * o * (S(1) - o);
     di = dcb * gg * i * (S(1) - i);
-    df = dcb * CVec<S>(c_prev + b * ldcp, H) * f * (S(1) - f);
+    df = dcb * CVec<S>(c_prev + b * ldcp, n) * f * (S(1) - f);
     dgg = dcb * i * (S(1) - gg.square());
     dcb *= f;  // dL/dc_{t-1}
   }
@@ -169,95 +226,119 @@ void cell_backward_fast(Index B, Index H, const S* gates, Index ldg, const S* c_
 }  // namespace
 
 template <typename S>
-void cell_forward(Kernel k, Index B, Index H, S* g, Index ldg, const S* bias, const S* c_prev,
-                  Index ldcp, S* c, Index ldc, S* h, Index ldh) {
+void cell_forward(Kernel k, Index B, Index n, Index H, S* g, Index ldg, const S* bias,
+                  const S* c_prev, Index ldcp, S* c, Index ldc, S* h, Index ldh, S* work) {
   if (k == Kernel::Naive)
-    cell_forward_naive(B, H, g, ldg, bias, c_prev, ldcp, c, ldc, h, ldh);
+    cell_forward_naive(B, n, H, g, ldg, bias, c_prev, ldcp, c, ldc, h, ldh);
   else
-    cell_forward_fast(B, H, g, ldg, bias, c_prev, ldcp, c, ldc, h, ldh);
+    cell_forward_fast(B, n, H, g, ldg, bias, c_prev, ldcp, c, ldc, h, ldh, work);
 }
 
 template <typename S>
-void cell_backward(Kernel k, Index B, Index H, const S* gates, Index ldg, const S* c_prev,
-                   Index ldcp, const S* c, Index ldc, const S* dh, Index lddh, const S* dy,
-                   Index lddy, S* dc, S* dg, Index lddg) {
+void cell_backward(Kernel k, Index B, Index n, Index H, const S* gates, Index ldg,
+                   const S* c_prev, Index ldcp, const S* c, Index ldc, const S* dh, Index lddh,
+                   const S* dy, Index lddy, S* dc, S* dg, Index lddg, S* work) {
   if (k == Kernel::Naive)
-    cell_backward_naive(B, H, gates, ldg, c_prev, ldcp, c, ldc, dh, lddh, dy, lddy, dc, dg, lddg);
+    cell_backward_naive(B, n, H, gates, ldg, c_prev, ldcp, c, ldc, dh, lddh, dy, lddy, dc, dg,
+                        lddg);
   else
-    cell_backward_fast(B, H, gates, ldg, c_prev, ldcp, c, ldc, dh, lddh, dy, lddy, dc, dg, lddg);
+    cell_backward_fast(B, n, H, gates, ldg, c_prev, ldcp, c, ldc, dh, lddh, dy, lddy, dc, dg,
+                       lddg, work);
 }
 
 // ---- Sequence forward -------------------------------------------------------------------------
 template <typename S>
-void lstm_forward(Kernel k, const Dims& d, const S* x, const S* w_ih, const S* w_hh,
-                  const S* bias, const S* h0, const S* c0, S* y, S* h_n, S* c_n,
+void lstm_forward(Kernel k, int threads, const Dims& d, const S* x, const S* w_ih,
+                  const S* w_hh, const S* bias, const S* h0, const S* c0, S* y, S* h_n, S* c_n,
                   Cache<S>* cache) {
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, N = T * B, rs = d.rstride();
-  Eigen::setNbThreads(num_threads());
-  CMap<S> Wih(w_ih, G, I), Whh(w_hh, G, H);  // [4H, I], [4H, H]
-  Map<S> hn(h_n, B, H), cn(c_n, B, H);        // [B, H]
+  CMap<S> X(x, N, I), Wih(w_ih, G, I), Whh(w_hh, G, H);  // [T*B, I], [4H, I], [4H, H]
+  Map<S> hn(h_n, B, H), cn(c_n, B, H);                    // [B, H]
   if (c0) cn = CMap<S>(c0, B, H); else cn.setZero();
   if (h0) hn = CMap<S>(h0, B, H); else hn.setZero();
   if (N == 0 || H == 0) return;  // T = 0 (or nothing to compute): the state passes through
 
-  // Input projection for all T*B rows at once: one GEMM into the gate buffer.
   Mat<S> scratch;  // [T*B, 4H] inference only; training writes into the cache
   S* gates;
   if (cache) {
-    cache->x = CMap<S>(x, N, I);
+    cache->x = X;
     cache->w_ih = Wih;
     cache->w_hh = Whh;
     cache->c0 = cn;
+    StepMap<S>(cache->hprev.data() + d.row0(0) * H, B, H, Eigen::OuterStride<>(rs * H)) = hn;
     gates = cache->gates.data();
   } else {
     scratch.resize(N, G);
     gates = scratch.data();
   }
-  Map<S>(gates, N, G).noalias() = CMap<S>(x, N, I) * Wih.transpose();  // [T*B, 4H]
+  // Input projection for all T*B rows at once: one GEMM, cut into column items.
+  parallel_for(threads, G, kCols, 2.0 * N * G * I, [&](Index a, Index b) {
+    Map<S>(gates, N, G).middleCols(a, b - a).noalias() = X * Wih.middleRows(a, b - a).transpose();
+  });
 
-  for (Index t = 0; t < T; ++t) {
-    StepMap<S> Gt(gates + d.row0(t) * G, B, G, Eigen::OuterStride<>(rs * G));  // [B, 4H]
-    // Recurrent GEMM: h_{t-1} is y_{t-1} (or h0 for t = 0).
-    if (t > 0)
-      Gt.noalias() += CStepMap<S>(y + d.row0(t - 1) * H, B, H, Eigen::OuterStride<>(rs * H)) *
-                      Whh.transpose();
-    else if (h0)
-      Gt.noalias() += CMap<S>(h0, B, H) * Whh.transpose();
-    S* yt = y + d.row0(t) * H;  // [B, H], rows rs*H apart
-    if (cache) {
-      const S* cprev = t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
-      cell_forward(k, B, H, Gt.data(), rs * G, bias, cprev, t ? rs * H : H,
-                   cache->c.data() + d.row0(t) * H, rs * H, yt, rs * H);
-    } else {
-      cell_forward(k, B, H, Gt.data(), rs * G, bias, c_n, H, c_n, H, yt, rs * H);  // c in place
+  // The recurrence. An item is kUnits hidden units with all four of their gates: its slice of
+  // the recurrent GEMM feeds straight into its slice of the gate update, so a step needs one
+  // barrier (y_t complete before step t+1 reads it). Each thread keeps the same items all along.
+  const Index items = ceil_div(H, kUnits);
+  const int nt = team(threads, items, 2.0 * B * G * H);
+  Errors err;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    FlushDenormals ftz;
+    Index i0 = 0, i1 = items;
+#ifdef _OPENMP
+    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
+#endif
+    Eigen::Matrix<S, Eigen::Dynamic, 1> work;  // this thread's scratch, sized once
+    err.run([&] { work.resize(5 * kUnits); });
+    for (Index t = 0; t < T; ++t) {
+      for (Index it = i0; it < i1; ++it) err.run([&] {
+        const Index u0 = it * kUnits, n = std::min(H, u0 + kUnits) - u0;
+        S* gt = gates + d.row0(t) * G;  // [B, 4H], rows rs*G apart
+        S* yt = y + d.row0(t) * H;      // [B, H],  rows rs*H apart
+        const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H]
+        const Index ldh = t ? rs * H : H;
+        if (hp)
+          for (Index q = 0; q < 4; ++q)  // gate q of units [u0, u0+n): [B, H] x [H, n]
+            StepMap<S>(gt + q * H + u0, B, n, Eigen::OuterStride<>(rs * G)).noalias() +=
+                CStepMap<S>(hp, B, H, Eigen::OuterStride<>(ldh)) *
+                Whh.middleRows(q * H + u0, n).transpose();
+        if (cache) {
+          const S* cprev = t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
+          cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, cprev + u0,
+                       t ? rs * H : H, cache->c.data() + d.row0(t) * H + u0, rs * H, yt + u0,
+                       rs * H, work.data());
+          if (t + 1 < T)  // h_t is step t+1's h_{t-1}
+            StepMap<S>(cache->hprev.data() + d.row0(t + 1) * H + u0, B, n,
+                       Eigen::OuterStride<>(rs * H)) =
+                CStepMap<S>(yt + u0, B, n, Eigen::OuterStride<>(rs * H));
+        } else {  // inference: c is updated in place in c_n
+          cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, c_n + u0, H,
+                       c_n + u0, H, yt + u0, rs * H, work.data());
+        }
+      });
+#pragma omp barrier
     }
   }
-  if (cache) {
-    // hprev rows of step t are h_{t-1}: h0 for t = 0, then y shifted by one step.
-    StepMap<S>(cache->hprev.data() + d.row0(0) * H, B, H, Eigen::OuterStride<>(rs * H)) = hn;
-    for (Index t = 1; t < T; ++t)
-      StepMap<S>(cache->hprev.data() + d.row0(t) * H, B, H, Eigen::OuterStride<>(rs * H)) =
-          CStepMap<S>(y + d.row0(t - 1) * H, B, H, Eigen::OuterStride<>(rs * H));
+  err.rethrow();
+  if (cache)
     cn = CStepMap<S>(cache->c.data() + d.row0(T - 1) * H, B, H, Eigen::OuterStride<>(rs * H));
-  }
   hn = CStepMap<S>(y + d.row0(T - 1) * H, B, H, Eigen::OuterStride<>(rs * H));
 }
 
 // ---- Sequence backward through time -------------------------------------------------------------
 template <typename S>
-void lstm_backward(Kernel k, const Cache<S>& cache, const S* dy, const S* dh_n, const S* dc_n,
-                   S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db) {
+void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
+                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db) {
   const Dims& d = cache.d;
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, N = T * B, rs = d.rstride();
-  Eigen::setNbThreads(num_threads());
   Map<S> dh0m(dh0, B, H), dc(dc0, B, H);  // dc0 doubles as the running dL/dc buffer
   if (dc_n) dc = CMap<S>(dc_n, B, H); else dc.setZero();
-  Map<S> dWih(dw_ih, G, I), dWhh(dw_hh, G, H);
+  Map<S> dX(dx, N, I), dWih(dw_ih, G, I), dWhh(dw_hh, G, H);
   Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>> dbv(db, G);
   if (N == 0 || H == 0) {
     if (dh_n) dh0m = CMap<S>(dh_n, B, H); else dh0m.setZero();
-    Map<S>(dx, N, I).setZero();
-    dWih.setZero(), dWhh.setZero(), dbv.setZero();
+    dX.setZero(), dWih.setZero(), dWhh.setZero(), dbv.setZero();
     return;
   }
 
@@ -265,40 +346,72 @@ void lstm_backward(Kernel k, const Cache<S>& cache, const S* dy, const S* dh_n, 
   Mat<S> dG(N, G);  // [T*B, 4H], layout of x
   Mat<S> dh(B, H);  // [B, H]
   if (dh_n) dh = CMap<S>(dh_n, B, H); else dh.setZero();
-  for (Index t = T - 1; t >= 0; --t) {
-    if (t < T - 1)
-      dh.noalias() =
-          CStepMap<S>(dG.data() + d.row0(t + 1) * G, B, G, Eigen::OuterStride<>(rs * G)) *
-          cache.w_hh;  // [B, 4H] x [4H, H]
-    const S* cprev = t ? cache.c.data() + d.row0(t - 1) * H : cache.c0.data();
-    cell_backward(k, B, H, cache.gates.data() + d.row0(t) * G, rs * G, cprev, t ? rs * H : H,
-                  cache.c.data() + d.row0(t) * H, rs * H, dh.data(), H,
-                  dy ? dy + d.row0(t) * H : nullptr, rs * H, dc0, dG.data() + d.row0(t) * G,
-                  rs * G);
-  }
-  dh0m.noalias() =
-      CStepMap<S>(dG.data() + d.row0(0) * G, B, G, Eigen::OuterStride<>(rs * G)) * cache.w_hh;
 
-  // Everything else is one big GEMM each, after the loop.
-  Map<S>(dx, N, I).noalias() = dG * cache.w_ih;         // [T*B, 4H] x [4H, I]
-  dWih.noalias() = dG.transpose() * cache.x;            // [4H, T*B] x [T*B, I]
-  dWhh.noalias() = dG.transpose() * cache.hprev;        // [4H, T*B] x [T*B, H]
-  dbv = dG.colwise().sum();                             // [4H]
+  // The reverse loop, cut into the same items as the forward one: an item's slice of
+  // dh = dG_{t+1} W_hh feeds its slice of the cell backward; one barrier a step.
+  const Index items = ceil_div(H, kUnits);
+  const int nt = team(threads, items, 2.0 * B * G * H);
+  Errors err;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    FlushDenormals ftz;
+    Index i0 = 0, i1 = items;
+#ifdef _OPENMP
+    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
+#endif
+    Eigen::Matrix<S, Eigen::Dynamic, 1> work;  // this thread's scratch, sized once
+    err.run([&] { work.resize(kUnits); });
+    for (Index t = T - 1; t >= 0; --t) {
+      for (Index it = i0; it < i1; ++it) err.run([&] {
+        const Index u0 = it * kUnits, n = std::min(H, u0 + kUnits) - u0;
+        if (t < T - 1)  // [B, 4H] x [4H, n]
+          dh.middleCols(u0, n).noalias() =
+              CStepMap<S>(dG.data() + d.row0(t + 1) * G, B, G, Eigen::OuterStride<>(rs * G)) *
+              cache.w_hh.middleCols(u0, n);
+        const S* cprev = t ? cache.c.data() + d.row0(t - 1) * H : cache.c0.data();
+        cell_backward(k, B, n, H, cache.gates.data() + d.row0(t) * G + u0, rs * G, cprev + u0,
+                      t ? rs * H : H, cache.c.data() + d.row0(t) * H + u0, rs * H,
+                      dh.data() + u0, H, dy ? dy + d.row0(t) * H + u0 : nullptr, rs * H,
+                      dc0 + u0, dG.data() + d.row0(t) * G + u0, rs * G, work.data());
+      });
+#pragma omp barrier
+    }
+  }
+  err.rethrow();
+
+  // Everything else is one big GEMM each, after the loop, split over output columns or rows.
+  const CStepMap<S> dG0(dG.data() + d.row0(0) * G, B, G, Eigen::OuterStride<>(rs * G));
+  parallel_for(threads, H, kCols, 2.0 * B * G * H, [&](Index a, Index b) {
+    dh0m.middleCols(a, b - a).noalias() = dG0 * cache.w_hh.middleCols(a, b - a);  // [B, H]
+  });
+  parallel_for(threads, I, kCols, 2.0 * N * G * I, [&](Index a, Index b) {
+    dX.middleCols(a, b - a).noalias() = dG * cache.w_ih.middleCols(a, b - a);  // [T*B, I]
+  });
+  parallel_for(threads, G, kCols, 2.0 * N * G * (I + H), [&](Index a, Index b) {
+    auto dGa = dG.middleCols(a, b - a);                                  // [T*B, rows of 4H]
+    dWih.middleRows(a, b - a).noalias() = dGa.transpose() * cache.x;     // [4H, I]
+    dWhh.middleRows(a, b - a).noalias() = dGa.transpose() * cache.hprev; // [4H, H]
+    dbv.segment(a, b - a) = dGa.colwise().sum();                         // [4H]
+  });
 }
 
-// ---- explicit instantiations --------------------------------------------------------------------
-#define LSTMX_INSTANTIATE(S)                                                                      \
-  template struct Cache<S>;                                                                       \
-  template void cell_forward<S>(Kernel, Index, Index, S*, Index, const S*, const S*, Index, S*,   \
-                                Index, S*, Index);                                                \
-  template void cell_backward<S>(Kernel, Index, Index, const S*, Index, const S*, Index,          \
-                                 const S*, Index, const S*, Index, const S*, Index, S*, S*,       \
-                                 Index);                                                          \
-  template void lstm_forward<S>(Kernel, const Dims&, const S*, const S*, const S*, const S*,      \
-                                const S*, const S*, S*, S*, S*, Cache<S>*);                       \
-  template void lstm_backward<S>(Kernel, const Cache<S>&, const S*, const S*, const S*, S*, S*,   \
-                                 S*, S*, S*, S*);
-LSTMX_INSTANTIATE(float)
-LSTMX_INSTANTIATE(double)
+// ---- The exported table -------------------------------------------------------------------------
+namespace {
+template <typename S>
+KernelTable<S> table() {
+  return {[](const Dims& d) { return new Cache<S>(d); }, [](Cache<S>* c) { delete c; },
+          [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &lstm_backward<S>};
+}
+#ifndef LSTMX_ISA_NAME
+#define LSTMX_ISA_NAME "generic"
+#endif
+}  // namespace
 
 }  // namespace lstmx
+
+extern "C" __attribute__((visibility("default"))) const lstmx::Backend* lstmx_backend() {
+  static const std::string simd = Eigen::SimdInstructionSetsInUse();
+  static const lstmx::Backend b{lstmx::kBackendAbi, LSTMX_ISA_NAME, simd.c_str(),
+                                lstmx::table<float>(), lstmx::table<double>()};
+  return &b;
+}

@@ -92,7 +92,9 @@ def test_state_dict_round_trip_and_errors() -> None:
     sd = a.state_dict()
     sd["weight_ih_l0"][...] = 0  # a copy: the layer is unchanged
     assert np.any(a.weight_ih_l0)
+    live = b.named_parameters()
     b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(live["weight_hh_l0"], a.weight_hh_l0)  # loaded in place
     for k in NAMES:
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     c = lstmx.LSTM(3, 4, dtype=np.float64)
@@ -144,3 +146,7 @@ def test_layer_bad_arguments() -> None:
         m.backward(tape, np.zeros((5, 4), np.float32))
     with pytest.raises(ValueError, match=r"dh_n: expected the shape of h_n"):
         m.backward(tape, None, np.zeros((2, 4), np.float32))
+    _, _, _, other = lstmx.lstm_train(np.zeros((2, 5, 3), np.float32), *m._weights(),
+                                      batch_first=True)
+    with pytest.raises(ValueError, match="tape: it was not made by this layer"):
+        m.backward(other, None)

@@ -1,9 +1,9 @@
 """Train a small LSTM classifier end to end with lstmx's own forward and backward.
 
 The task, generated in code: a sequence of ``T`` one-hot symbols drawn from ``K``; the label is
-the symbol that occurs most often (sequences with a tie are discarded). Solving it needs memory of the whole
-sequence. The model is ``lstmx.LSTM`` -> linear head on the last hidden state -> softmax
-cross-entropy; the head, the loss and an Adam optimizer are written in NumPy here.
+the symbol that occurs most often (sequences with a tie are discarded). Solving it needs memory
+of the whole sequence. The model is ``lstmx.LSTM`` -> linear head on the last hidden state ->
+softmax cross-entropy; the head, the loss and an Adam optimizer are written in NumPy here.
 
 Run it with ``python -m lstmx demo`` (``--help`` for the options).
 """
@@ -81,31 +81,40 @@ def _loss_and_grad(logits: F32, y: npt.NDArray[np.int64]) -> tuple[float, float,
 
 def main(argv: list[str] | None = None) -> int:
     """Train the demo model and report the loss and the held-out accuracy; returns 0."""
-    ap = argparse.ArgumentParser(prog="lstmx demo", description="Train a small LSTM classifier with lstmx's own forward and backward.")
+    ap = argparse.ArgumentParser(prog="lstmx demo", description="Train a small LSTM classifier "
+                                 "with lstmx's own forward and backward; report its accuracy.")
     ap.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--threads", type=int, default=None, help="lstmx threads (default: as is)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="lstmx threads (default 1: this model is too small to gain from more)")
     ap.add_argument("--quiet", action="store_true", help="print only the final accuracy")
     args = ap.parse_args(argv)
-    if args.steps < 1 or (args.threads is not None and args.threads < 1):
+    if args.steps < 1 or args.threads < 1:
         ap.error("--steps and --threads must be >= 1")
-    if args.threads is not None:
-        set_num_threads(args.threads)
-    say = (lambda *_: None) if args.quiet else print
+    before = get_num_threads()
+    set_num_threads(args.threads)
+    try:
+        return _train(args.steps, args.seed, args.quiet)
+    finally:
+        set_num_threads(before)
 
-    rng = np.random.default_rng(args.seed)
-    lstm = LSTM(K, H, seed=args.seed)
+
+def _train(steps: int, seed: int, quiet: bool) -> int:
+    """The training loop behind :func:`main`."""
+    say = (lambda *_: None) if quiet else print
+    rng = np.random.default_rng(seed)
+    lstm = LSTM(K, H, seed=seed)
     k = 1.0 / np.sqrt(H)
     w = rng.uniform(-k, k, (K, H)).astype(np.float32)  # head, initialised like nn.Linear
     b = np.zeros(K, dtype=np.float32)
     names = list(lstm.named_parameters())
     opt = Adam([*lstm.named_parameters().values(), w, b], lr=1e-2)
     say(f"lstmx demo: majority symbol of {T} one-hot symbols from {K}; LSTM({K}, {H}) + linear "
-        f"head, batch {BATCH}, {args.steps} steps, {get_num_threads()} thread(s)")
+        f"head, batch {BATCH}, {steps} steps, {get_num_threads()} thread(s)")
 
-    every = max(1, args.steps // 10)
+    every = max(1, steps // 10)
     t0, run_loss, run_acc, n = time.perf_counter(), 0.0, 0.0, 0
-    for step in range(1, args.steps + 1):
+    for step in range(1, steps + 1):
         x, y = make_batch(rng, BATCH)
         logits, h, tape = _forward(lstm, w, b, x)
         loss, acc, dlogits = _loss_and_grad(logits, y)
@@ -117,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             grads = [gi / np.float32(total) for gi in grads]
         opt.step(grads)
         run_loss, run_acc, n = run_loss + loss, run_acc + acc, n + 1
-        if step % every == 0 or step == args.steps:
-            say(f"step {step:4d}/{args.steps}  loss {run_loss / n:.4f}  acc {run_acc / n:.2f}  "
+        if step % every == 0 or step == steps:
+            say(f"step {step:4d}/{steps}  loss {run_loss / n:.4f}  acc {run_acc / n:.2f}  "
                 f"({time.perf_counter() - t0:4.1f} s)")
             run_loss, run_acc, n = 0.0, 0.0, 0
 
-    x, y = make_batch(np.random.default_rng(args.seed + 1_000_003), 2000)
+    x, y = make_batch(np.random.default_rng(seed + 1_000_003), 2000)
     _, (h_n, _) = lstm(x)
     test_acc = float(((h_n[0] @ w.T + b).argmax(axis=1) == y).mean())
     print(f"final held-out accuracy: {test_acc:.3f} (chance {1 / K:.2f}, n = {len(y)})")

@@ -83,9 +83,9 @@ class LSTM:
                 raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
             if a.shape != self._shapes[name]:
                 raise ValueError(f"{name}: expected shape {self._shapes[name]}, got {a.shape}")
-            new[name] = np.array(a, dtype=self.dtype, copy=True)
+            new[name] = a
         for name, a in new.items():  # all checked first: a failed load changes nothing
-            setattr(self, name, a)
+            getattr(self, name)[...] = a  # in place: references from named_parameters() stay live
 
     # ---- forward / backward ----
     def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None
@@ -158,6 +158,8 @@ class LSTM:
         """
         _check_tape(tape, cell=False)
         c = tape._cache
+        if c.batch_first != self.batch_first or c.I != self.input_size or c.H != self.hidden_size:
+            raise ValueError("tape: it was not made by this layer's forward_train")
         unbatched = tape._unbatched
         if dy is not None:
             dya = _float_array("dy", dy, self.dtype)
