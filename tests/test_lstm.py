@@ -9,9 +9,28 @@ import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, make_case
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import lstmx
+from lstmx import _core
 from lstmx import functional as F
 from lstmx import reference as R
+
+ISAS = list(lstmx.config()["isas_available"])  # type: ignore[call-overload]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test under each instruction-set level this CPU supports."""
+    old = str(lstmx.config()["isa"])
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(old)
 
 SHAPES = [  # T, B, I, H: T = 1, B = 1, I != H, H not a multiple of 16
     (1, 1, 1, 1),
@@ -32,7 +51,7 @@ def _grad_names(has_bias: bool) -> list[str]:
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_forward_backward_match_reference(dtype: Any, shape: tuple[int, ...],
-                                          batch_first: bool) -> None:
+                                          batch_first: bool, isa: str) -> None:
     T, B, I, H = shape
     c = make_case(T, B, I, H, dtype, seed=T * 100 + H, batch_first=batch_first)
     c64 = {k: v.astype(np.float64) for k, v in c.items()}
@@ -97,7 +116,7 @@ def test_only_one_bias() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool) -> None:
+def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool, isa: str) -> None:
     c = make_case(7, 5, 6, 19, dtype, seed=11, batch_first=batch_first)
     outs = [F._forward(**c, batch_first=batch_first, training=True, naive=n) for n in (0, 1)]
     tol = 1e-14 if dtype == np.float64 else 2e-6
@@ -258,7 +277,7 @@ def test_extreme_preactivations_do_not_overflow() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_count(threads: int) -> None:
+def test_thread_count(threads: int, isa: str) -> None:
     c = make_case(20, 64, 32, 48, np.float32, seed=4)  # big enough for the parallel paths
     old = lstmx.get_num_threads()
     try:
@@ -282,3 +301,42 @@ def test_show_config(capsys: pytest.CaptureFixture[str]) -> None:
     lstmx.show_config()
     out = capsys.readouterr().out
     assert "eigen" in out and "threads" in out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 3, 17, 33), (20, 64, 32, 100), (3, 5, 300, 500)])
+def test_bitwise_identical_across_thread_counts_and_calls(dtype: Any, shape: tuple[int, ...],
+                                                          isa: str) -> None:
+    c = make_case(*shape, dtype=dtype, seed=6)
+    old = lstmx.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3, 2):
+            lstmx.set_num_threads(threads)
+            y, hn, cn, tape = lstmx.lstm_train(**c)
+            g = lstmx.lstm_backward(tape, np.full_like(y, 0.3), hn, cn)
+            outs.append((y, hn, cn, *g))
+    finally:
+        lstmx.set_num_threads(old)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_isa_levels_reported_and_switchable() -> None:
+    cfg = lstmx.config()
+    assert cfg["isa"] in ISAS and ISAS[-1] in ("sse2", "generic")
+    with pytest.raises(ValueError, match="isa: 'avx9000' is not available here"):
+        _core.set_isa("avx9000")
+
+
+@pytest.mark.parametrize("want", ["sse2", "bogus"])
+def test_isa_environment_override(want: str) -> None:
+    code = "import lstmx; c = lstmx.config(); print(c['isa'], c.get('isa_note', ''))"
+    env = dict(os.environ, LSTMX_ISA=want)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    if want in ISAS:
+        assert out.split()[0] == want
+    else:
+        assert out.split()[0] == ISAS[0] and "LSTMX_ISA=bogus is not available" in out
