@@ -104,6 +104,37 @@ void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
   }
   err.rethrow();
 }
+
+// The time loop: body(t, u0, n, work) for every step t (backwards if `reverse`) and every item
+// of kUnits hidden units [u0, u0 + n). Each thread keeps the same items all along and its own
+// scratch `work` (sized once); one barrier a step.
+template <typename S, typename F>
+void time_loop(int threads, Index T, Index H, double step_flops, Index work_size, bool reverse,
+               F&& body) {
+  const Index items = ceil_div(H, kUnits);
+  const int nt = team(threads, items, step_flops);
+  Errors err;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    FlushDenormals ftz;
+    Index i0 = 0, i1 = items;
+#ifdef _OPENMP
+    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
+#endif
+    Eigen::Matrix<S, Eigen::Dynamic, 1> work;
+    err.run([&] { work.resize(work_size); });
+    for (Index s = 0; s < T; ++s) {
+      const Index t = reverse ? T - 1 - s : s;
+      for (Index it = i0; it < i1; ++it)
+        err.run([&] {
+          const Index u0 = it * kUnits;
+          body(t, u0, std::min(H, u0 + kUnits) - u0, work.data());
+        });
+#pragma omp barrier
+    }
+  }
+  err.rethrow();
+}
 }  // namespace
 
 // ---- Cache ------------------------------------------------------------------------------------
@@ -279,48 +310,31 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const S* x, const S* w_i
   // The recurrence. An item is kUnits hidden units with all four of their gates: its slice of
   // the recurrent GEMM feeds straight into its slice of the gate update, so a step needs one
   // barrier (y_t complete before step t+1 reads it). Each thread keeps the same items all along.
-  const Index items = ceil_div(H, kUnits);
-  const int nt = team(threads, items, 2.0 * B * G * H);
-  Errors err;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    FlushDenormals ftz;
-    Index i0 = 0, i1 = items;
-#ifdef _OPENMP
-    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
-#endif
-    Eigen::Matrix<S, Eigen::Dynamic, 1> work;  // this thread's scratch, sized once
-    err.run([&] { work.resize(5 * kUnits); });
-    for (Index t = 0; t < T; ++t) {
-      for (Index it = i0; it < i1; ++it) err.run([&] {
-        const Index u0 = it * kUnits, n = std::min(H, u0 + kUnits) - u0;
-        S* gt = gates + d.row0(t) * G;  // [B, 4H], rows rs*G apart
-        S* yt = y + d.row0(t) * H;      // [B, H],  rows rs*H apart
-        const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H]
-        const Index ldh = t ? rs * H : H;
-        if (hp)
-          for (Index q = 0; q < 4; ++q)  // gate q of units [u0, u0+n): [B, H] x [H, n]
-            StepMap<S>(gt + q * H + u0, B, n, Eigen::OuterStride<>(rs * G)).noalias() +=
-                CStepMap<S>(hp, B, H, Eigen::OuterStride<>(ldh)) *
-                Whh.middleRows(q * H + u0, n).transpose();
-        if (cache) {
-          const S* cprev = t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
-          cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, cprev + u0,
-                       t ? rs * H : H, cache->c.data() + d.row0(t) * H + u0, rs * H, yt + u0,
-                       rs * H, work.data());
-          if (t + 1 < T)  // h_t is step t+1's h_{t-1}
-            StepMap<S>(cache->hprev.data() + d.row0(t + 1) * H + u0, B, n,
-                       Eigen::OuterStride<>(rs * H)) =
-                CStepMap<S>(yt + u0, B, n, Eigen::OuterStride<>(rs * H));
-        } else {  // inference: c is updated in place in c_n
-          cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, c_n + u0, H,
-                       c_n + u0, H, yt + u0, rs * H, work.data());
-        }
-      });
-#pragma omp barrier
+  time_loop<S>(threads, T, H, 2.0 * B * G * H, 5 * kUnits, false,
+           [&](Index t, Index u0, Index n, S* work) {
+    S* gt = gates + d.row0(t) * G;  // [B, 4H], rows rs*G apart
+    S* yt = y + d.row0(t) * H;      // [B, H],  rows rs*H apart
+    const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H]
+    const Index ldh = t ? rs * H : H;
+    if (hp)
+      for (Index q = 0; q < 4; ++q)  // gate q of units [u0, u0+n): [B, H] x [H, n]
+        StepMap<S>(gt + q * H + u0, B, n, Eigen::OuterStride<>(rs * G)).noalias() +=
+            CStepMap<S>(hp, B, H, Eigen::OuterStride<>(ldh)) *
+            Whh.middleRows(q * H + u0, n).transpose();
+    if (cache) {
+      const S* cprev = t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
+      cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, cprev + u0,
+                   t ? rs * H : H, cache->c.data() + d.row0(t) * H + u0, rs * H, yt + u0,
+                   rs * H, work);
+      if (t + 1 < T)  // h_t is step t+1's h_{t-1}
+        StepMap<S>(cache->hprev.data() + d.row0(t + 1) * H + u0, B, n,
+                   Eigen::OuterStride<>(rs * H)) =
+            CStepMap<S>(yt + u0, B, n, Eigen::OuterStride<>(rs * H));
+    } else {  // inference: c is updated in place in c_n
+      cell_forward(k, B, n, H, gt + u0, rs * G, bias ? bias + u0 : nullptr, c_n + u0, H,
+                   c_n + u0, H, yt + u0, rs * H, work);
     }
-  }
-  err.rethrow();
+  });
   if (cache)
     cn = CStepMap<S>(cache->c.data() + d.row0(T - 1) * H, B, H, Eigen::OuterStride<>(rs * H));
   hn = CStepMap<S>(y + d.row0(T - 1) * H, B, H, Eigen::OuterStride<>(rs * H));
@@ -349,35 +363,18 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
 
   // The reverse loop, cut into the same items as the forward one: an item's slice of
   // dh = dG_{t+1} W_hh feeds its slice of the cell backward; one barrier a step.
-  const Index items = ceil_div(H, kUnits);
-  const int nt = team(threads, items, 2.0 * B * G * H);
-  Errors err;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    FlushDenormals ftz;
-    Index i0 = 0, i1 = items;
-#ifdef _OPENMP
-    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
-#endif
-    Eigen::Matrix<S, Eigen::Dynamic, 1> work;  // this thread's scratch, sized once
-    err.run([&] { work.resize(kUnits); });
-    for (Index t = T - 1; t >= 0; --t) {
-      for (Index it = i0; it < i1; ++it) err.run([&] {
-        const Index u0 = it * kUnits, n = std::min(H, u0 + kUnits) - u0;
-        if (t < T - 1)  // [B, 4H] x [4H, n]
-          dh.middleCols(u0, n).noalias() =
-              CStepMap<S>(dG.data() + d.row0(t + 1) * G, B, G, Eigen::OuterStride<>(rs * G)) *
-              cache.w_hh.middleCols(u0, n);
-        const S* cprev = t ? cache.c.data() + d.row0(t - 1) * H : cache.c0.data();
-        cell_backward(k, B, n, H, cache.gates.data() + d.row0(t) * G + u0, rs * G, cprev + u0,
-                      t ? rs * H : H, cache.c.data() + d.row0(t) * H + u0, rs * H,
-                      dh.data() + u0, H, dy ? dy + d.row0(t) * H + u0 : nullptr, rs * H,
-                      dc0 + u0, dG.data() + d.row0(t) * G + u0, rs * G, work.data());
-      });
-#pragma omp barrier
-    }
-  }
-  err.rethrow();
+  time_loop<S>(threads, T, H, 2.0 * B * G * H, kUnits, true,
+           [&](Index t, Index u0, Index n, S* work) {
+    if (t < T - 1)  // [B, 4H] x [4H, n]
+      dh.middleCols(u0, n).noalias() =
+          CStepMap<S>(dG.data() + d.row0(t + 1) * G, B, G, Eigen::OuterStride<>(rs * G)) *
+          cache.w_hh.middleCols(u0, n);
+    const S* cprev = t ? cache.c.data() + d.row0(t - 1) * H : cache.c0.data();
+    cell_backward(k, B, n, H, cache.gates.data() + d.row0(t) * G + u0, rs * G, cprev + u0,
+                  t ? rs * H : H, cache.c.data() + d.row0(t) * H + u0, rs * H,
+                  dh.data() + u0, H, dy ? dy + d.row0(t) * H + u0 : nullptr, rs * H,
+                  dc0 + u0, dG.data() + d.row0(t) * G + u0, rs * G, work);
+  });
 
   // Everything else is one big GEMM each, after the loop, split over output columns or rows.
   const CStepMap<S> dG0(dG.data() + d.row0(0) * G, B, G, Eigen::OuterStride<>(rs * G));

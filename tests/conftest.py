@@ -35,6 +35,28 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: Any, what: str
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
 
 
+def numerical_grads(loss: Any, arrays: dict[str, np.ndarray],
+                    eps: float = 1e-6) -> dict[str, np.ndarray]:
+    """Central differences of ``loss()`` with respect to every entry of every array (in place)."""
+    out = {}
+    for k, a in arrays.items():
+        num = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = loss()
+            a[idx] = old - eps
+            lm = loss()
+            a[idx] = old
+            num[idx] = (lp - lm) / (2 * eps)
+        out[k] = num
+    return out
+
+
+GRAD_NAMES = dict(x="dx", h0="dh0", c0="dc0", w_ih="dw_ih", w_hh="dw_hh", b_ih="db_ih",
+                  b_hh="db_hh")
+
+
 def require(name: str) -> ModuleType:
     """Import an optional peer. Skips locally if absent; fails under CI, where it must run."""
     try:

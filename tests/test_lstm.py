@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, make_case
+from conftest import GRAD_NAMES, numerical_grads, DTYPES, assert_close, make_case
 
 import os
 import subprocess
@@ -142,20 +142,9 @@ def test_gradient_check_finite_differences(batch_first: bool) -> None:
         return float((y * wy).sum() + (hn * wh).sum() + (cn * wc).sum())
 
     g = lstmx.lstm_backward(tape, wy, wh, wc)
-    names = dict(x="dx", h0="dh0", c0="dc0", w_ih="dw_ih", w_hh="dw_hh", b_ih="db_ih",
-                 b_hh="db_hh")
-    eps = 1e-6
-    for k, gk in names.items():
-        a, num = c[k], np.zeros_like(c[k])
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + eps
-            lp = loss()
-            a[idx] = old - eps
-            lm = loss()
-            a[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(getattr(g, gk), num, rtol=1e-6, atol=1e-8, err_msg=k)
+    num = numerical_grads(loss, c)
+    for k, gk in GRAD_NAMES.items():
+        np.testing.assert_allclose(getattr(g, gk), num[k], rtol=1e-6, atol=1e-8, err_msg=k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_case
+from conftest import GRAD_NAMES, numerical_grads, make_case
 
 from lstmx import reference as R
 
@@ -66,17 +66,6 @@ def test_reference_backward_matches_finite_differences(batch_first: bool) -> Non
 
     _, _, _, cache = R.lstm_forward(**c, batch_first=batch_first)
     g = R.lstm_backward(cache, wy, wh, wc)
-    names = dict(x="dx", h0="dh0", c0="dc0", w_ih="dw_ih", w_hh="dw_hh", b_ih="db_ih",
-                 b_hh="db_hh")
-    eps = 1e-6
-    for k, gk in names.items():
-        a, num = c[k], np.zeros_like(c[k])
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + eps
-            lp = loss()
-            a[idx] = old - eps
-            lm = loss()
-            a[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(g[gk], num, rtol=1e-6, atol=1e-8, err_msg=k)
+    num = numerical_grads(loss, c)
+    for k, gk in GRAD_NAMES.items():
+        np.testing.assert_allclose(g[gk], num[k], rtol=1e-6, atol=1e-8, err_msg=k)

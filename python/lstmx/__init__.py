@@ -38,7 +38,8 @@ def get_num_threads() -> int:
 
 
 def config() -> dict[str, object]:
-    """Build and run-time facts: version, OpenMP, threads, Eigen version, SIMD, compiler."""
+    """Build and run-time facts: version, threads, the ISA in use and those available, OpenMP,
+    Eigen version, SIMD of the active kernels, compiler."""
     info = dict(_core.build_info())
     return {"version": __version__, "threads": get_num_threads(), **info}
 
@@ -46,4 +47,4 @@ def config() -> dict[str, object]:
 def show_config() -> None:
     """Print :func:`config`, one fact a line."""
     for k, v in config().items():
-        print(f"{k:>8}: {v}")
+        print(f"{k:>14}: {', '.join(v) if isinstance(v, list) else v}")

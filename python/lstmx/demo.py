@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "with lstmx's own forward and backward; report its accuracy.")
     ap.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="lstmx threads (default 1: this model is too small to gain from more)")
+    ap.add_argument("--threads", type=int, default=get_num_threads(),
+                    help="lstmx threads (default: %(default)s, lstmx's current setting)")
     ap.add_argument("--quiet", action="store_true", help="print only the final accuracy")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
