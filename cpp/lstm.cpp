@@ -87,10 +87,10 @@ struct Errors {
   }
 };
 
-// Run f(a, b) on every item [a, b) of [0, n) cut every `item` columns, items shared by threads.
+// Runs f(i0, i1, err) once on each thread of a team sized for `items` items of work totalling
+// `flops`; [i0, i1) are that thread's items. Denormals are flushed, exceptions carried out.
 template <typename F>
-void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
-  const Index items = ceil_div(n, item);
+void with_team(int threads, Index items, double flops, F&& f) {
   const int nt = team(threads, items, flops);
   Errors err;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -100,9 +100,17 @@ void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
 #ifdef _OPENMP
     share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
 #endif
-    for (Index i = i0; i < i1; ++i) err.run([&] { f(i * item, std::min(n, (i + 1) * item)); });
+    f(i0, i1, err);
   }
   err.rethrow();
+}
+
+// Run f(a, b) on every item [a, b) of [0, n) cut every `item` columns, items shared by threads.
+template <typename F>
+void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
+  with_team(threads, ceil_div(n, item), flops, [&](Index i0, Index i1, Errors& err) {
+    for (Index i = i0; i < i1; ++i) err.run([&] { f(i * item, std::min(n, (i + 1) * item)); });
+  });
 }
 
 // The time loop: body(t, u0, n, work) for every step t (backwards if `reverse`) and every item
@@ -111,16 +119,7 @@ void parallel_for(int threads, Index n, Index item, double flops, F&& f) {
 template <typename S, typename F>
 void time_loop(int threads, Index T, Index H, double step_flops, Index work_size, bool reverse,
                F&& body) {
-  const Index items = ceil_div(H, kUnits);
-  const int nt = team(threads, items, step_flops);
-  Errors err;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    FlushDenormals ftz;
-    Index i0 = 0, i1 = items;
-#ifdef _OPENMP
-    share(items, omp_get_num_threads(), omp_get_thread_num(), i0, i1);
-#endif
+  with_team(threads, ceil_div(H, kUnits), step_flops, [&](Index i0, Index i1, Errors& err) {
     Eigen::Matrix<S, Eigen::Dynamic, 1> work;
     err.run([&] { work.resize(work_size); });
     for (Index s = 0; s < T; ++s) {
@@ -132,8 +131,7 @@ void time_loop(int threads, Index T, Index H, double step_flops, Index work_size
         });
 #pragma omp barrier
     }
-  }
-  err.rethrow();
+  });
 }
 }  // namespace
 
