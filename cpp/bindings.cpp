@@ -146,6 +146,13 @@ void bind_dtype(py::module_& m, const char* cache_name) {
       .def_property_readonly("nbytes", &Cache<S>::nbytes);
   m.def("backward", &backward<S>, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("naive") = false);
+  // Test hook: the active kernels' vectorised sigmoid and tanh, elementwise.
+  m.def("_activations", [](const py::array_t<S, py::array::c_style | py::array::forcecast>& x) {
+    const Index n = x.size();
+    auto sig = out<S>({n}), th = out<S>({n});
+    table<S>(lstmx::backend()).activations(n, x.data(), sig.mutable_data(), th.mutable_data());
+    return py::make_tuple(sig, th);
+  }, py::arg("x"));
 }
 
 py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array& w_hh,

@@ -19,10 +19,23 @@
 // apart. Every per-token buffer (gates, caches, gradients) uses the same layout as x, so the
 // weight gradients are single GEMMs whatever the layout.
 //
+// The fast kernels (lstm.cpp; docs/design.md has the full data flow):
+//   forward:  W_ih^T and W_hh^T are packed once per call into panels of 4 SIMD vectors per k.
+//             One packed GEMM computes x W_ih^T + b for every step; then each step runs, per
+//             panel of V hidden units (all four gates of them) and per kMR batch rows, the
+//             microkernel h_{t-1} W_hh^T on top of the projection and applies the cell update
+//             to the register tile (the epilogue): activations, c_t, h_t, the cache.
+//   backward: W_hh is packed into panels of 4V hidden units (K = 4H); each reverse step runs
+//             dG_{t+1} W_hh for the thread's units and the cell backward on the register tile.
+//             dx, dW_ih, dW_hh and db are big GEMMs after the loop.
 // Threads: the sequence kernels take a thread count. Each thread owns a slice of hidden units
-// (all four gates of them), so a step needs one barrier; big GEMMs are split the same way.
-// Kernels never touch Python. Denormals are flushed to zero inside the kernels (and the caller's
-// floating-point mode is restored on exit).
+// for the whole call, so a step needs one barrier. Every output sums its terms in a fixed order
+// whatever the split, so results are bitwise identical for any thread count. Kernels never touch
+// Python. Denormals are flushed to zero inside the kernels (and the caller's floating-point mode
+// is restored on exit).
+//
+// Activations: sigmoid(z) = 1 / (1 + exp(-z)) with Eigen's vectorised exp; tanh as in Cephes
+// (a polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1)). Stable for any input.
 //
 // ISA: lstm.cpp is compiled once per x86-64 level (sse2, avx2, avx512) into its own module
 // _kernels_<isa>.so, which exports only lstmx_backend(); lstmx._core picks one at run time.
@@ -44,8 +57,8 @@ struct Dims {
   Index rstride() const { return batch_first ? T : 1; }          // rows between batch entries
 };
 
-// Which implementation of the fused elementwise cell update to run. Naive is the plain scalar
-// loop that sits beside the fast kernel as its reference.
+// Which implementation to run. Naive is the plain reference (Eigen GEMMs, scalar cell loops,
+// one thread) that sits beside the fast kernels.
 enum class Kernel { Fast = 0, Naive = 1 };
 
 // The training workspace: everything backward reads from the forward pass, sized once, up
@@ -63,33 +76,6 @@ struct Cache {
   explicit Cache(const Dims& dims);
   std::size_t nbytes() const;
 };
-
-// ---- The cell: one step's fused elementwise update, forward and backward -------------------
-// These run over B rows and a slice of n units: every pointer points at the slice's first unit,
-// gate q of unit j is at offset q*H + j of a gate row, and `ld*` are row strides in elements.
-
-// g:      [B, 4H] in: pre-activations without bias; out: activated i, f, g, o
-// bias:   [4H] or nullptr
-// c_prev: [B, H]  (may alias c: the update is elementwise)
-// c:      [B, H]  out: c_t
-// h:      [B, H]  out: h_t
-// work:   aligned scratch of 5 * ceil16(n) elements (the fast kernel's)
-template <typename S>
-void cell_forward(Kernel k, Index B, Index n, Index H, S* g, Index ldg, const S* bias,
-                  const S* c_prev, Index ldcp, S* c, Index ldc, S* h, Index ldh, S* work);
-
-// gates:  [B, 4H] activated i, f, g, o (from the cache)
-// c_prev: [B, H]  c_{t-1};  c: [B, H]  c_t
-// dh:     [B, H]  dL/dh_t through the recurrence (dh_n at the last step)
-// dy:     [B, H]  dL/dh_t through the output y_t, or nullptr
-// dc:     [B, H]  row stride H; in: dL/dc_t from step t+1 (dc_n at the last step);
-//                 out: dL/dc_{t-1}
-// dg:     [B, 4H] out: dL/d(pre-activation gates)
-// work:   aligned scratch of ceil16(n) elements
-template <typename S>
-void cell_backward(Kernel k, Index B, Index n, Index H, const S* gates, Index ldg,
-                   const S* c_prev, Index ldcp, const S* c, Index ldc, const S* dh, Index lddh,
-                   const S* dy, Index lddy, S* dc, S* dg, Index lddg, S* work);
 
 // ---- The sequence: forward and backward through time ---------------------------------------
 
@@ -121,9 +107,11 @@ struct KernelTable {
                   const S*, S*, S*, S*, Cache<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, S*, S*, S*, S*, S*,
                    S*);
+  // Test hook: the fast kernels' vectorised sigmoid and tanh of x [n] into sig, th [n].
+  void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 1;
+constexpr int kBackendAbi = 2;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"
