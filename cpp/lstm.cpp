@@ -125,11 +125,12 @@ EIGEN_ALWAYS_INLINE void store(S* p, const Pk<S>& v, Index nv) {
   std::copy(buf, buf + nv, p);
 }
 
-// sigmoid(z) = 1 / (1 + exp(-z)). Eigen's pexp clamps its argument, so any input is finite.
+// sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, with e = exp(-|x|) <= 1: no
+// overflow for any input, and the error stays near that of exp (bound tested in test_lstm.py).
 template <typename P>
-EIGEN_ALWAYS_INLINE P vsigmoid(const P& z) {
-  const P one = ei::pset1<P>(1);
-  return ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(z))));
+EIGEN_ALWAYS_INLINE P vsigmoid(const P& x) {
+  const P one = ei::pset1<P>(1), e = ei::pexp(ei::pnegate(ei::pabs(x)));
+  return ei::pdiv(ei::pselect(ei::pcmp_lt(x, ei::pzero(x)), e, one), ei::padd(one, e));
 }
 
 // tanh as in Cephes (tanhf / tanh): an odd polynomial or rational function for |x| < 0.625,
@@ -188,12 +189,13 @@ void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index s
     }
     auto col = [&](Index s) { return kind == Panels::Plain ? p * W + s : (s / V) * H + p * V + s % V; };
     const Index ns = kind == Panels::Plain ? std::min(W, N - p * W) : W;
-    if (sbk == 1)  // columns of B are contiguous: read down each
-      for (Index s = 0; s < ns; ++s) {
-        if (kind == Panels::Gates && p * V + s % V >= H) continue;
-        const S* src = b + col(s) * sbn;
-        for (Index k = 0; k < K; ++k) o[k * W + s] = src[k];
-      }
+    if (sbk == 1)  // columns of B are contiguous: read down each, 64 k at a time (in L1)
+      for (Index k0 = 0; k0 < K; k0 += 64)
+        for (Index s = 0; s < ns; ++s) {
+          if (kind == Panels::Gates && p * V + s % V >= H) continue;
+          const S* src = b + col(s) * sbn;
+          for (Index k = k0; k < std::min(K, k0 + 64); ++k) o[k * W + s] = src[k];
+        }
     else  // rows of B are contiguous (sbn == 1 for every use here): read along each
       for (Index k = 0; k < K; ++k)
         for (Index s = 0; s < ns; ++s)
@@ -395,21 +397,31 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* 
   const Index N = cache.d.T * cache.d.B, I = cache.d.I, H = cache.d.H, G = 4 * H;
   const Index npi = panel_count<S>(Panels::Plain, I), nph = panel_count<S>(Panels::Plain, H);
   Buf<S> pk(std::max({npi * G, npi * N, nph * N}) * W);  // packed right-hand side
+  Buf<S> dgt(G * N);                                      // dG^T [4H, T*B]
   const S* dg = dG.data();                                // [T*B, 4H]
   with_team(threads, npi + nph, 2.0 * N * G * (2 * I + H), [&](int tid, int nt, Errors& err) {
-    // C[M, n] = A B with B(k, n) = b[k * ldb + n] (K x n), packed first.
-    auto product = [&](Index M, Index n, Index K, Index sam, Index sak, const S* b, Index ldb,
+    // C[M, n] = A B with A(m, k) = a[m * sam + k], B(k, n) = b[k * ldb + n] (K x n), B packed
+    // first.
+    auto product = [&](Index M, Index n, Index K, const S* a, Index sam, const S* b, Index ldb,
                        S* c) {
       Index p0, p1;
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
       err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
       barrier();
-      err.run([&] { gemm_part<S>(tid, nt, M, n, K, dg, sam, sak, pk.data(), nullptr, c, n); });
+      err.run([&] { gemm_part<S>(tid, nt, M, n, K, a, sam, 1, pk.data(), nullptr, c, n); });
       barrier();  // before pk is packed again
     };
-    product(N, I, G, G, 1, cache.w_ih.data(), I, dx);        // dx [T*B, I] = dG W_ih
-    product(G, I, N, 1, G, cache.x.data(), I, dw_ih);        // dW_ih [4H, I] = dG^T x
-    product(G, H, N, 1, G, cache.hprev.data(), H, dw_hh);    // dW_hh [4H, H] = dG^T hprev
+    Index g0, g1;  // dG^T: this thread's rows, in blocks of 16 x 16 (rows of dG^T far apart in
+    share(G, nt, tid, g0, g1);  // k would thrash the L1 in the weight gradients' GEMMs)
+    err.run([&] {
+      for (Index r0 = 0; r0 < N; r0 += 16)
+        for (Index c0 = g0; c0 < g1; c0 += 16)
+          for (Index c = c0; c < std::min(g1, c0 + 16); ++c)
+            for (Index r = r0; r < std::min(N, r0 + 16); ++r) dgt[c * N + r] = dg[r * G + c];
+    });
+    product(N, I, G, dg, G, cache.w_ih.data(), I, dx);             // dx [T*B, I] = dG W_ih
+    product(G, I, N, dgt.data(), N, cache.x.data(), I, dw_ih);      // dW_ih [4H, I] = dG^T x
+    product(G, H, N, dgt.data(), N, cache.hprev.data(), H, dw_hh);  // dW_hh [4H, H] = dG^T hprev
     Index c0, c1;  // db: this thread's columns
     share(G, nt, tid, c0, c1);
     err.run([&] {  // rows in order, whatever the split: the sums do not depend on it
@@ -500,26 +512,50 @@ void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, N = T * B, rs = d.rstride();
-  const Index npi = panel_count<S>(Panels::Plain, G);  // W_ih^T panels: 4V gate columns each
-  const Index npu = panel_count<S>(Panels::Gates, G);  // W_hh^T panels: V units, 4 gates each
-  // Buffers, sized once: packed weights (read by every step), and the gate pre-activations.
-  Buf<S> wi(npi * I * W), wh(npu * H * W), scratch(cache ? 0 : N * G);
-  S* gates = cache ? cache->gates.data() : scratch.data();  // [T*B, 4H], layout of x
+  const Index np = panel_count<S>(Panels::Gates, G);  // panels: V units, 4 gates each
+  // The input projection is computed Tc steps at a time (about kMC rows), just before those
+  // steps, by the thread that owns the units: it stays in L2, and inference needs no [T*B, 4H]
+  // buffer. Training writes it into the cache's gates, where the step puts the activations.
+  const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
+  // Buffers, sized once: packed weights, and the projection of Tc steps (inference only).
+  Buf<S> wi(np * I * W), wh(np * H * W), scratch(cache ? 0 : Tc * B * G);
+  auto grow = [&](Index t, Index b) {  // row of gates holding step t, batch entry b
+    return cache ? d.row0(t) + b * rs : (t % Tc) * B + b;
+  };
+  S* gates = cache ? cache->gates.data() : scratch.data();  // [rows, 4H]
   const double flops = 2.0 * N * G * (I + H);
   const Index dt = d.row0(1) - d.row0(0);  // rows from step t to step t+1
-  with_team(threads, npu, flops, [&](int tid, int nt, Errors& err) {
-    Buf<S> part;  // partial sums between k-blocks, per thread
-    err.run([&] { part.resize(B * W); });
+  with_team(threads, np, flops, [&](int tid, int nt, Errors& err) {
+    Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
+    err.run([&] { part.resize(Tc * B * W); });
     Index p0, p1;
-    share(npi, nt, tid, p0, p1);
-    err.run([&] { pack<S>(Panels::Plain, p0, p1, I, G, w_ih, 1, I, wi.data()); });  // B = W_ih^T
-    share(npu, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
-    err.run([&] { pack<S>(Panels::Gates, p0, p1, H, G, w_hh, 1, H, wh.data()); });  // W_hh^T
-    barrier();
-    // The input projection of every step at once: gates = x W_ih^T + b.
-    err.run([&] { gemm_part<S>(tid, nt, N, G, I, x, I, 1, wi.data(), bias, gates, G); });
-    barrier();
+    share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
+    err.run([&] {
+      pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
+      pack<S>(Panels::Gates, p0, p1, H, G, w_hh, 1, H, wh.data());  // W_hh^T
+    });
     for (Index t = 0; t < T; ++t) {
+      if (t % Tc == 0)  // x W_ih^T + b for steps [t, t + Tc), this thread's units
+        err.run([&] {
+          const Index nr = (std::min(T, t + Tc) - t) * B;  // rows i: step t + i / B, entry i % B
+          for (Index p = p0; p < p1; ++p) {
+            const Index j0 = p * V, nv = std::min(V, H - j0);
+            panel_rows<S>(
+                nr, I, wi.data() + p * I * W,
+                [&](Index i) __attribute__((always_inline)) {
+                  return x + (d.row0(t + i / B) + i % B * rs) * I;
+                },
+                [&](Index, int q) __attribute__((always_inline)) {
+                  return bias ? load(bias + q * H + j0, nv) : ei::pzero(P());
+                },
+                [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
+                  S* g = gates + grow(t + i / B, i % B) * G + j0;
+                  store(g, zi, nv), store(g + H, zf, nv), store(g + 2 * H, zg, nv);
+                  store(g + 3 * H, zo, nv);
+                },
+                part.data());
+          }
+        });
       const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H], rows ldh apart
       const Index ldh = t ? rs * H : H;
       const S* cp = !cache ? c_n : t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
@@ -532,10 +568,10 @@ void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S
           panel_rows<S>(
               B, hp ? H : 0, wh.data() + p * H * W, [&](Index b) __attribute__((always_inline)) { return hp + b * ldh; },
               [&](Index b, int q) __attribute__((always_inline)) {  // the input projection
-                return load(gates + (d.row0(t) + b * rs) * G + q * H + j0, nv);
+                return load(gates + grow(t, b) * G + q * H + j0, nv);
               },
               [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
-                const Index row = d.row0(t) + b * rs;
+                const Index row = d.row0(t) + b * rs;  // of y, c and the cache
                 const P i = vsigmoid(zi), f = vsigmoid(zf), g = vtanh(zg), o = vsigmoid(zo);
                 const P c = ei::padd(ei::pmul(f, load(cp + b * ldcp + j0, nv)), ei::pmul(i, g));
                 const P h = ei::pmul(o, vtanh(c));
