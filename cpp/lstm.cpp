@@ -6,6 +6,9 @@
 // Shapes, the gate order and the cache are documented in lstmx.h.
 #include "lstmx.h"
 
+// Eigen's packet types carry alignment attributes that GCC drops as template arguments.
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -178,39 +181,54 @@ Index panel_count(Panels kind, Index N) {
 template <typename S>
 void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index sbk, Index sbn,
           S* out) {
+  using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index H = N / 4;
-  for (Index p = p0; p < p1; ++p) {
-    S* o = out + p * K * W;
-    for (Index s = 0; s < W; ++s) {  // slots whose column is past the end are zero
-      const bool ok = kind == Panels::Plain ? p * W + s < N : p * V + s % V < H;
-      if (!ok)
-        for (Index k = 0; k < K; ++k) o[k * W + s] = S(0);
-    }
-    auto col = [&](Index s) { return kind == Panels::Plain ? p * W + s : (s / V) * H + p * V + s % V; };
-    const Index ns = kind == Panels::Plain ? std::min(W, N - p * W) : W;
-    if (sbk == 1)  // columns of B are contiguous: read down each, 64 k at a time (in L1)
-      for (Index k0 = 0; k0 < K; k0 += 64)
-        for (Index s = 0; s < ns; ++s) {
-          if (kind == Panels::Gates && p * V + s % V >= H) continue;
-          const S* src = b + col(s) * sbn;
-          for (Index k = k0; k < std::min(K, k0 + 64); ++k) o[k * W + s] = src[k];
+  for (Index p = p0; p < p1; ++p)
+    for (Index q = 0; q < 4; ++q) {  // slots [qV, qV + V) hold columns n0 + v, v < nv
+      const Index n0 = kind == Panels::Plain ? p * W + q * V : q * H + p * V;
+      const Index nv = std::clamp<Index>(kind == Panels::Plain ? N - n0 : H - p * V, 0, V);
+      S* o = out + p * K * W + q * V;
+      if constexpr (V > 1) {
+        if (sbk == 1) {  // each column is contiguous in k: transpose V x V blocks in registers
+          for (Index k0 = 0; k0 < K; k0 += V) {
+            const Index kv = std::min(V, K - k0);
+            ei::PacketBlock<P, int(V)> blk;
+            for (Index v = 0; v < V; ++v)
+              blk.packet[v] = v < nv ? load(b + (n0 + v) * sbn + k0, kv) : ei::pzero(P());
+            ei::ptranspose(blk);
+            for (Index k = 0; k < kv; ++k) ei::pstore(o + (k0 + k) * W, blk.packet[k]);
+          }
+          continue;
         }
-    else  // rows of B are contiguous (sbn == 1 for every use here): read along each
-      for (Index k = 0; k < K; ++k)
-        for (Index s = 0; s < ns; ++s)
-          if (kind == Panels::Plain || p * V + s % V < H) o[k * W + s] = b[k * sbk + col(s) * sbn];
-  }
+      }
+      for (Index k = 0; k < K; ++k)  // rows contiguous (sbn == 1), or no SIMD
+        for (Index v = 0; v < V; ++v) o[k * W + v] = v < nv ? b[k * sbk + (n0 + v) * sbn] : S(0);
+    }
 }
 
 // The microkernel: acc[m][q] += sum_k a[m][k * sak] * panel[k][q*V .. q*V + V), m < R, q < 4.
-// Every output sums its k in order, whatever the caller's blocking.
+// Every output sums its k in a fixed order for a given R, whatever the caller's blocking.
 template <typename S, int R>
 EIGEN_ALWAYS_INLINE void microkernel(Index K, const S* const* a, Index sak, const S* bp,
                                      Pk<S> (&acc)[kMR][4]) {
   using P = Pk<S>;
   constexpr Index V = kV<S>;
-  for (Index k = 0; k < K; ++k, bp += 4 * V) {
+  Index k = 0;
+  if constexpr (R == 1) {  // one row: a second set of sums for odd k hides the FMA latency
+    P odd[4] = {ei::pzero(P()), ei::pzero(P()), ei::pzero(P()), ei::pzero(P())};
+    for (; k + 1 < K; k += 2, bp += 8 * V) {
+      const P a0 = ei::pset1<P>(a[0][k * sak]), a1 = ei::pset1<P>(a[0][(k + 1) * sak]);
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        acc[0][q] = ei::pmadd(a0, ei::pload<P>(bp + q * V), acc[0][q]);
+        odd[q] = ei::pmadd(a1, ei::pload<P>(bp + 4 * V + q * V), odd[q]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) acc[0][q] = ei::padd(acc[0][q], odd[q]);
+  }
+  for (; k < K; ++k, bp += 4 * V) {
     const P b0 = ei::pload<P>(bp), b1 = ei::pload<P>(bp + V), b2 = ei::pload<P>(bp + 2 * V),
             b3 = ei::pload<P>(bp + 3 * V);
 #pragma GCC unroll 8
@@ -280,45 +298,49 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   }
 }
 
-// C[M, N] = A[M, K] B[K, N] (+ bias[N]) with B packed Plain (pack above), A(m, k) =
-// a[m * sam + k * sak], C(m, n) = c[m * ldc + n]. This thread's share of the items (kMC rows x one
-// panel); K is cut into blocks whose panel slice fits in L1, and C carries the sum between them.
+// C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), A(m, k) = a[m * sam + k], C(m, n) =
+// c[m * ldc + n]: this thread's share. Panels are cut into one group per thread (fewer if there
+// are fewer panels) and rows into chunks of kMC; an item is (group, chunk). Within an item, K
+// goes in L1-sized blocks, and each block of A (kMC x KC, in L2) serves every panel of the
+// group. C carries the sums between k-blocks; every output sums its k in order, whatever the
+// split.
 template <typename S>
-void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam, Index sak,
-               const S* bpk, const S* bias, S* c, Index ldc) {
+void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam,
+               const S* bpk, S* c, Index ldc) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  constexpr Index KC = std::max<Index>(64, 32768 / (W * Index(sizeof(S))));
-  const Index np = panel_count<S>(Panels::Plain, N), items = ceil_div(M, kMC) * np;
+  const Index np = panel_count<S>(Panels::Plain, N), ng = std::min<Index>(np, nt);
+  const Index nc = ceil_div(M, kMC);
   Index i0, i1;
-  share(items, nt, tid, i0, i1);
+  share(ng * nc, nt, tid, i0, i1);
   for (Index it = i0; it < i1; ++it) {
-    const Index m0 = it / np * kMC, m1 = std::min(M, m0 + kMC), p = it % np, n0 = p * W;
-    Index nv[4];  // valid lanes of each of the tile's 4 vectors
-    #pragma GCC unroll 8
-    for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>(N - n0 - q * V, 0, V);
-    for (Index k0 = 0; k0 == 0 || k0 < K; k0 += KC) {  // once at least: C = bias if K = 0
-      const Index kb = std::min(KC, K - k0);
-      for (Index m = m0; m < m1; m += kMR)
-        with_rows(int(std::min<Index>(kMR, m1 - m)), [&](auto RC) {
-          constexpr int R = decltype(RC)::value;
-          P acc[kMR][4];
-          const S* ar[kMR];
-          #pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-            ar[r] = a + (m + r) * sam + k0 * sak;
-            #pragma GCC unroll 8
-            for (int q = 0; q < 4; ++q)
-              acc[r][q] = k0 ? load(c + (m + r) * ldc + n0 + q * V, nv[q])
-                             : (bias && nv[q] ? load(bias + n0 + q * V, nv[q]) : ei::pzero(P()));
-          }
-          microkernel<S, R>(kb, ar, sak, bpk + (p * K + k0) * W, acc);
-          #pragma GCC unroll 8
-          for (int r = 0; r < R; ++r)
-            #pragma GCC unroll 8
-            for (int q = 0; q < 4; ++q)
-              if (nv[q]) store(c + (m + r) * ldc + n0 + q * V, acc[r][q], nv[q]);
-        });
+    const Index g = it / nc, m0 = it % nc * kMC, m1 = std::min(M, m0 + kMC);
+    for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
+      const Index kb = std::min(kKC<S>, K - k0);
+      for (Index p = np * g / ng; p < np * (g + 1) / ng; ++p) {
+        const Index n0 = p * W;
+        Index nv[4];  // valid lanes of each of the tile's 4 vectors
+        for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>(N - n0 - q * V, 0, V);
+        for (Index m = m0; m < m1; m += kMR)
+          with_rows(int(std::min<Index>(kMR, m1 - m)), [&](auto RC) {
+            constexpr int R = decltype(RC)::value;
+            P acc[kMR][4];
+            const S* ar[kMR];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+              ar[r] = a + (m + r) * sam + k0;
+#pragma GCC unroll 4
+              for (int q = 0; q < 4; ++q)
+                acc[r][q] = k0 && nv[q] ? load(c + (m + r) * ldc + n0 + q * V, nv[q]) : ei::pzero(P());
+            }
+            microkernel<S, R>(kb, ar, 1, bpk + (p * K + k0) * W, acc);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+              for (int q = 0; q < 4; ++q)
+                if (nv[q]) store(c + (m + r) * ldc + n0 + q * V, acc[r][q], nv[q]);
+          });
+      }
     }
   }
 }
@@ -408,7 +430,7 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* 
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
       err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
       barrier();
-      err.run([&] { gemm_part<S>(tid, nt, M, n, K, a, sam, 1, pk.data(), nullptr, c, n); });
+      err.run([&] { gemm_part<S>(tid, nt, M, n, K, a, sam, pk.data(), c, n); });
       barrier();  // before pk is packed again
     };
     Index g0, g1;  // dG^T: this thread's rows, in blocks of 16 x 16 (rows of dG^T far apart in
