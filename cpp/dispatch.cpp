@@ -1,9 +1,11 @@
 // dispatch.cpp — run-time ISA selection: each x86-64 level's kernels live in their own module
-// (_kernels_sse2.so, _kernels_avx2.so, _kernels_avx512.so, beside _core); the best one this CPU
-// supports is loaded, unless the environment variable LSTMX_ISA asks for a lower one.
+// (_kernels_sse2.so, _kernels_avx2.so, _kernels_avx512.so, beside _core or lstmx_bench); the
+// best one this CPU supports is loaded, unless the environment variable LSTMX_ISA asks for a
+// lower one.
 #include "dispatch.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -38,10 +40,18 @@ const Isa kIsas[] = {
 const Isa kIsas[] = {{"generic", [] { return true; }}};
 #endif
 
+// The directory of the binary this file is linked into: the _core module, or, compiled with
+// LSTMX_EXECUTABLE, an executable such as lstmx_bench (for which dladdr would give argv[0]).
 std::string module_dir() {
+  std::string p;
+#ifdef LSTMX_EXECUTABLE
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf);
+  if (n > 0 && n < ssize_t(sizeof buf)) p.assign(buf, std::size_t(n));
+#else
   Dl_info info{};
-  if (!dladdr(reinterpret_cast<void*>(&module_dir), &info) || !info.dli_fname) return ".";
-  std::string p = info.dli_fname;
+  if (dladdr(reinterpret_cast<void*>(&module_dir), &info) && info.dli_fname) p = info.dli_fname;
+#endif
   const auto slash = p.find_last_of('/');
   return slash == std::string::npos ? "." : p.substr(0, slash);
 }

@@ -1,5 +1,5 @@
 // dispatch.h — picks the kernel module (_kernels_<isa>) for this CPU at run time, and holds the
-// thread count. Part of lstmx._core; no Python in it.
+// thread count. Part of lstmx._core and of lstmx_bench; no Python in it.
 #pragma once
 
 #include <string>
