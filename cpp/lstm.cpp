@@ -298,15 +298,17 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   }
 }
 
-// C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), A(m, k) = a[m * sam + k], C(m, n) =
-// c[m * ldc + n]: this thread's share. Panels are cut into one group per thread (fewer if there
+// C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n]: this
+// thread's share. A(m, k) = a[m * sam + k], or with a_rows false A(m, k) = a[k * sam + m]: then
+// each block of A is first copied, k-major, into ap [kKC x kMC] (per-thread scratch), because
+// walking down its columns would thrash the L1. Panels are cut into one group per thread (fewer if there
 // are fewer panels) and rows into chunks of kMC; an item is (group, chunk). Within an item, K
 // goes in L1-sized blocks, and each block of A (kMC x KC, in L2) serves every panel of the
 // group. C carries the sums between k-blocks; every output sums its k in order, whatever the
 // split.
 template <typename S>
 void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam,
-               const S* bpk, S* c, Index ldc) {
+               const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index np = panel_count<S>(Panels::Plain, N), ng = std::min<Index>(np, nt);
@@ -317,6 +319,9 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
     const Index g = it / nc, m0 = it % nc * kMC, m1 = std::min(M, m0 + kMC);
     for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
       const Index kb = std::min(kKC<S>, K - k0);
+      if (!a_rows)  // ap[k][m - m0] = A(m, k0 + k)
+        for (Index k = 0; k < kb; ++k)
+          std::copy(a + (k0 + k) * sam + m0, a + (k0 + k) * sam + m1, ap + k * kMC);
       for (Index p = np * g / ng; p < np * (g + 1) / ng; ++p) {
         const Index n0 = p * W;
         Index nv[4];  // valid lanes of each of the tile's 4 vectors
@@ -328,12 +333,12 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
             const S* ar[kMR];
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
-              ar[r] = a + (m + r) * sam + k0;
+              ar[r] = a_rows ? a + (m + r) * sam + k0 : ap + (m - m0 + r);
 #pragma GCC unroll 4
               for (int q = 0; q < 4; ++q)
                 acc[r][q] = k0 && nv[q] ? load(c + (m + r) * ldc + n0 + q * V, nv[q]) : ei::pzero(P());
             }
-            microkernel<S, R>(kb, ar, 1, bpk + (p * K + k0) * W, acc);
+            microkernel<S, R>(kb, ar, a_rows ? 1 : kMC, bpk + (p * K + k0) * W, acc);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -419,31 +424,22 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* 
   const Index N = cache.d.T * cache.d.B, I = cache.d.I, H = cache.d.H, G = 4 * H;
   const Index npi = panel_count<S>(Panels::Plain, I), nph = panel_count<S>(Panels::Plain, H);
   Buf<S> pk(std::max({npi * G, npi * N, nph * N}) * W);  // packed right-hand side
-  Buf<S> dgt(G * N);                                      // dG^T [4H, T*B]
   const S* dg = dG.data();                                // [T*B, 4H]
   with_team(threads, npi + nph, 2.0 * N * G * (2 * I + H), [&](int tid, int nt, Errors& err) {
-    // C[M, n] = A B with A(m, k) = a[m * sam + k], B(k, n) = b[k * ldb + n] (K x n), B packed
-    // first.
-    auto product = [&](Index M, Index n, Index K, const S* a, Index sam, const S* b, Index ldb,
-                       S* c) {
+    Buf<S> ap;  // this thread's copy of a block of dG^T
+    err.run([&] { ap.resize(kKC<S> * kMC); });
+    // C[M, n] = A B, A = dG (a_rows) or dG^T, B(k, n) = b[k * ldb + n] (K x n) packed first.
+    auto product = [&](Index M, Index n, Index K, bool a_rows, const S* b, Index ldb, S* c) {
       Index p0, p1;
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
       err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
       barrier();
-      err.run([&] { gemm_part<S>(tid, nt, M, n, K, a, sam, pk.data(), c, n); });
+      err.run([&] { gemm_part<S>(tid, nt, M, n, K, dg, G, pk.data(), c, n, a_rows, ap.data()); });
       barrier();  // before pk is packed again
     };
-    Index g0, g1;  // dG^T: this thread's rows, in blocks of 16 x 16 (rows of dG^T far apart in
-    share(G, nt, tid, g0, g1);  // k would thrash the L1 in the weight gradients' GEMMs)
-    err.run([&] {
-      for (Index r0 = 0; r0 < N; r0 += 16)
-        for (Index c0 = g0; c0 < g1; c0 += 16)
-          for (Index c = c0; c < std::min(g1, c0 + 16); ++c)
-            for (Index r = r0; r < std::min(N, r0 + 16); ++r) dgt[c * N + r] = dg[r * G + c];
-    });
-    product(N, I, G, dg, G, cache.w_ih.data(), I, dx);             // dx [T*B, I] = dG W_ih
-    product(G, I, N, dgt.data(), N, cache.x.data(), I, dw_ih);      // dW_ih [4H, I] = dG^T x
-    product(G, H, N, dgt.data(), N, cache.hprev.data(), H, dw_hh);  // dW_hh [4H, H] = dG^T hprev
+    product(N, I, G, true, cache.w_ih.data(), I, dx);        // dx [T*B, I] = dG W_ih
+    product(G, I, N, false, cache.x.data(), I, dw_ih);       // dW_ih [4H, I] = dG^T x
+    product(G, H, N, false, cache.hprev.data(), H, dw_hh);   // dW_hh [4H, H] = dG^T hprev
     Index c0, c1;  // db: this thread's columns
     share(G, nt, tid, c0, c1);
     err.run([&] {  // rows in order, whatever the split: the sums do not depend on it
