@@ -54,9 +54,9 @@ import numpy as np
 
 import lstmx
 
-__all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "Budget", "Timing", "Peer", "Env", "Grid",
-           "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid", "evaluate_targets",
-           "format_table", "machine_info", "main"]
+__all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timing", "Peer", "Env",
+           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid",
+           "evaluate_targets", "format_table", "machine_info", "main"]
 
 MODES = ("infer", "train")
 #: Every implementation timed, in table order; lstmx first, the others are its peers.
@@ -231,7 +231,7 @@ class Inputs:
     dy: np.ndarray
 
     @property
-    def args(self) -> tuple[np.ndarray, ...]:
+    def args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(x, w_ih, w_hh, b_ih, b_hh)``, the arguments of :func:`lstmx.lstm`."""
         return self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh
 
@@ -731,10 +731,9 @@ def rss_child_main(impl: str, spec: str, threads: str) -> None:
             f.write("5")
     except OSError:
         pass
-    before, how = _peak_rss()
+    before = _peak_rss()[0]
     step()
-    after, _ = _peak_rss()
-    print(json.dumps({"bytes": after - before, "method": how}))
+    print(json.dumps({"bytes": _peak_rss()[0] - before}))
 
 
 def _rss_of_step(impl: str, cfg: BenchConfig, threads: int) -> int | str:
@@ -753,7 +752,8 @@ def run_memory(env: Env, cfg: BenchConfig, prog: Progress) -> dict[str, Any]:
     """Peak-RSS growth of one float32 training step of lstmx and of torch, each in a fresh
     process."""
     impls = env.impls(cfg, np.dtype(np.float32), ("lstmx", "torch"))
-    out: dict[str, Any] = {"config": asdict(cfg), "dtype": "float32", "bytes": {}}
+    out: dict[str, Any] = {"config": asdict(cfg), "dtype": "float32", "bytes": {},
+                           "method": _peak_rss()[1]}  # the children's too: same platform
     for impl in impls:
         r = prog.step(f"memory {cfg.name} {impl}",
                       functools.partial(_rss_of_step, impl, cfg, env.threads))
@@ -789,23 +789,44 @@ class Target:
     met: bool | None
 
 
-def _min_target(text: str, rows: Sequence[Row], metric: Callable[[Row], float | None],
-                bound: float, unit: str) -> Target:
+#: The issue's targets, in the order :func:`evaluate_targets` reports them ({cfg}: the config of
+#: the thread measurement). "The best peer" is the faster of torch and onnxruntime.
+TARGETS = (
+    "(1) f32 inference >= 1.0x the best peer on every config",
+    "(1) f32 inference >= 90% of GEMM on every B>=4 config",
+    "(1) f32 inference >= 2x the best peer on b1-h128",
+    "(2) f32 training >= 1.0x torch on every config",
+    "(2) f32 training >= 85% of GEMM on every B>=4 config",
+    "(3) 2 threads >= 1.85x 1 thread on {cfg}",
+    "(4) float64 >= 2x torch on every config",
+    "(5) training peak RSS <= torch's",
+)
+#: A target's measured number, and whether it is met (None: not measured).
+Verdict = tuple[str, bool | None]
+NOT_MEASURED: Verdict = ("not measured", None)
+
+
+def _at_least(rows: Sequence[Row], metric: Callable[[Row], float | None], bound: float,
+              unit: str) -> Verdict:
     """``metric >= bound`` on every row: met when the smallest value is."""
     vals = [(v, r) for r in rows if (v := metric(r)) is not None]
     if not vals:
-        return Target(text, "not measured", None)
+        return NOT_MEASURED
     v, r = min(vals, key=lambda p: p[0])
     cfgs = {r.config.name for _, r in vals}
     grid = sum(c.name in cfgs for c in GRID)
     on = f"{len(cfgs)} config{'s' * (len(cfgs) > 1)}" + (
         f", {grid} of the grid's {len(GRID)}" if grid < len(GRID) else "")
     fmt = f"{v:.2f}x" if unit == "x" else f"{v:.1f}%"
-    return Target(text, f"min {fmt} ({r.config.name} {r.mode}; {on})", v >= bound)
+    return f"min {fmt} ({r.config.name} {r.mode}; {on})", v >= bound
+
+
+def _vs_torch(r: Row) -> float | None:
+    return r.speedup("torch")
 
 
 def evaluate_targets(res: Results) -> list[Target]:
-    """The issue's targets, each with the number measured for it."""
+    """The issue's :data:`TARGETS`, each with the number measured for it."""
     f32 = res.main.rows if res.main.dtype == np.float32 else []
     f64 = res.main if res.main.dtype == np.float64 else res.float64
     infer = [r for r in f32 if r.mode == "infer"]
@@ -814,39 +835,29 @@ def evaluate_targets(res: Results) -> list[Target]:
     def batched(rows: list[Row]) -> list[Row]:
         return [r for r in rows if r.config.B >= 4]
 
-    out = [
-        _min_target("(1) f32 inference >= 1.0x the best peer on every config", infer,
-                    Row.speedup_best, 1.0, "x"),
-        _min_target("(1) f32 inference >= 90% of GEMM on every B>=4 config", batched(infer),
-                    Row.pct_gemm, 90.0, "%"),
-        _min_target("(1) f32 inference >= 2x the best peer on b1-h128",
-                    [r for r in infer if r.config.name == "b1-h128"], Row.speedup_best, 2.0, "x"),
-        _min_target("(2) f32 training >= 1.0x torch on every config", train,
-                    lambda r: r.speedup("torch"), 1.0, "x"),
-        _min_target("(2) f32 training >= 85% of GEMM on every B>=4 config", batched(train),
-                    Row.pct_gemm, 85.0, "%"),
-    ]
-    th = res.threads
-    text = f"(3) 2 threads >= 1.85x 1 thread on {TARGET_CONFIG if th is None else th.config.name}"
-    if th is None:
-        out.append(Target(text, "not measured", None))
-    else:
+    th, mem = res.threads, res.memory
+    threads = NOT_MEASURED
+    if th is not None:
         s = {m: th.speedup(m) for m in MODES}
-        out.append(Target(text, ", ".join(f"{m} {v:.2f}x" for m, v in s.items()),
-                          min(s.values()) >= 1.85))
-    out.append(_min_target("(4) float64 >= 2x torch on every config",
-                           [] if f64 is None else f64.rows, lambda r: r.speedup("torch"),
-                           2.0, "x"))
-    text = "(5) training peak RSS <= torch's"
-    mem = res.memory
-    if mem is None or mem["ratio"] is None:
-        out.append(Target(text, "not measured", None))
-    else:
+        threads = ", ".join(f"{m} {v:.2f}x" for m, v in s.items()), min(s.values()) >= 1.85
+    memory = NOT_MEASURED
+    if mem is not None and mem["ratio"] is not None:
         b = mem["bytes"]
-        out.append(Target(text, f"lstmx {b['lstmx'] / 2**20:.1f} MiB, torch "
-                                f"{b['torch'] / 2**20:.1f} MiB ({mem['ratio']:.2f}x)",
-                          b["lstmx"] <= b["torch"]))
-    return out
+        memory = (f"lstmx {b['lstmx'] / 2**20:.1f} MiB, torch {b['torch'] / 2**20:.1f} MiB "
+                  f"({mem['ratio']:.2f}x)", b["lstmx"] <= b["torch"])
+    verdicts = [
+        _at_least(infer, Row.speedup_best, 1.0, "x"),
+        _at_least(batched(infer), Row.pct_gemm, 90.0, "%"),
+        _at_least([r for r in infer if r.config.name == "b1-h128"], Row.speedup_best, 2.0, "x"),
+        _at_least(train, _vs_torch, 1.0, "x"),
+        _at_least(batched(train), Row.pct_gemm, 85.0, "%"),
+        threads,
+        _at_least([] if f64 is None else f64.rows, _vs_torch, 2.0, "x"),
+        memory,
+    ]
+    cfg = TARGET_CONFIG if th is None else th.config.name
+    return [Target(text.format(cfg=cfg), value, met)
+            for text, (value, met) in zip(TARGETS, verdicts, strict=True)]
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -870,6 +881,14 @@ def _blank(r: Row) -> str:
     return ""
 
 
+def _impl_column(impl: str) -> Column:
+    return SHORT[impl], lambda r: _ms(r.ms(impl)), lambda r: _num(r.gflops(impl), ".1f")
+
+
+def _ratio_column(peer: str) -> Column:
+    return f"vs {SHORT[peer]}", lambda r: _num(r.speedup(peer), ".2f", "x"), _blank
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """The results as a fixed-width text table, two lines per row: milliseconds and ratios,
     then GFLOP/s. Columns appear for the implementations timed.
@@ -885,14 +904,11 @@ def format_table(rows: Sequence[Row]) -> str:
     cols: list[Column] = [("config", lambda r: r.config.name, _blank),
                           ("mode", lambda r: r.mode, _blank),
                           ("unit", lambda r: "ms", lambda r: "GF/s")]
-    for i in impls:
-        cols.append((SHORT[i], lambda r, i=i: _ms(r.ms(i)),
-                     lambda r, i=i: _num(r.gflops(i), ".1f")))
+    cols += [_impl_column(i) for i in impls]
     if gemm:
         cols.append(("GEMM", lambda r: _ms(r.roofline_ms()),
                      lambda r: _num(r.gemm_gflops, ".1f")))
-    for p in peers:
-        cols.append((f"vs {SHORT[p]}", lambda r, p=p: _num(r.speedup(p), ".2f", "x"), _blank))
+    cols += [_ratio_column(p) for p in peers]
     if sum(p in BEST_OF for p in peers) > 1:
         cols.append(("vs best", lambda r: _num(r.speedup_best(), ".2f", "x"), _blank))
     if gemm:
@@ -950,7 +966,7 @@ def write_plot(rows: Sequence[Row], path: str, title: str) -> bool:
 
     names = list(dict.fromkeys(r.config.name for r in rows))
     series: list[tuple[str, Callable[[Row], float | None]]] = [
-        (i, lambda r, i=i: r.gflops(i)) for i in IMPLS[:3]]
+        (i, functools.partial(Row.gflops, impl=i)) for i in IMPLS[:3]]
     series.append(("GEMM roofline", lambda r: r.gemm_gflops))
     fig = Figure(figsize=(max(7.0, 1.2 * len(names) + 2), 7.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -1113,11 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Configs: {grid}. The reference is timed only where T*B*H <= "
                f"{REFERENCE_MAX_TBH:,}; ONNX Runtime only in float32. torch, onnx + "
                f"onnxruntime and matplotlib are optional (pip install torch==2.13.0; pip "
-               f"install '.[bench]'). Targets: (1) float32 inference >= 1.0x the best peer on every "
-               f"config, >= 90% of GEMM on every B>=4 config, >= 2x the best peer on b1-h128; "
-               f"(2) float32 training >= 1.0x torch on every config, >= 85% of GEMM on every "
-               f"B>=4 config; (3) 2 threads >= 1.85x 1 thread; (4) float64 >= 2x torch; "
-               f"(5) training peak RSS <= torch's.")
+               f"install '.[bench]'). Targets: "
+               + "; ".join(t.format(cfg="--target-config") for t in TARGETS)
+               + "; the best peer is the faster of torch and onnxruntime.")
     p.add_argument("--configs", type=_parse_configs, default=_parse_configs(DEFAULT_CONFIGS),
                    metavar="LIST", help=f"comma-separated config names or custom configs "
                                         f"name:I:H:B:T, or 'all' (default: {DEFAULT_CONFIGS})")
