@@ -317,7 +317,8 @@ def reference_peer(inp: Inputs, budget: Budget) -> Peer:
         y, g = train()
         return _diffs(e, y, g["dx"], g["dw_ih"], g["dw_hh"])
 
-    return Peer({"infer": infer, "train": train}, budget, check)
+    # NumPy's OpenBLAS threads busy-wait for up to ~0.1 s after a matrix product.
+    return Peer({"infer": infer, "train": train}, budget, check, settle=0.2)
 
 
 @dataclass
