@@ -46,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -55,8 +55,8 @@ import numpy as np
 import lstmx
 
 __all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timing", "Peer", "Env",
-           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid",
-           "evaluate_targets", "format_table", "machine_info", "main"]
+           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid", "run_all",
+           "evaluate_targets", "report", "format_table", "machine_info", "main"]
 
 MODES = ("infer", "train")
 #: Every implementation timed, in table order; lstmx first, the others are its peers.
@@ -782,6 +782,18 @@ class Results:
     threads: ThreadScaling | None = None
     memory: dict[str, Any] | None = None
 
+    def timings(self) -> Iterator[tuple[str, Timing]]:
+        """Every measurement, with what it measured."""
+        for g in [self.main] + ([self.float64] if self.float64 is not None else []):
+            for r in g.rows:
+                yield from ((f"{r.config.name} {r.mode} {i} ({g.dtype})", t)
+                            for i, t in r.timings.items())
+                if r.gemm is not None:
+                    yield f"{r.config.name} gemm", r.gemm
+        if self.threads is not None:
+            yield from ((f"{self.threads.config.name} {m} x{n} threads", t)
+                        for m, ts in self.threads.timings.items() for n, t in ts.items())
+
 
 # ---- the targets ---------------------------------------------------------------------------------
 
@@ -1189,13 +1201,52 @@ def _env(args: argparse.Namespace) -> Env:
     return env
 
 
+def run_all(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], targets: bool,
+            target_config: BenchConfig, progress: bool = True) -> Results:
+    """The grid in ``dtype``; with ``targets``, also float64 against torch, 1 vs 2 threads and
+    memory."""
+    f64 = np.dtype(np.float64)
+    run_f64 = targets and dtype != f64 and env.torch is not None
+    if targets and env.torch is None:
+        print("no torch: the float64 comparison is skipped", file=sys.stderr)
+    vs_torch = ("lstmx", "torch")
+    steps = (grid_steps(env, configs, dtype)
+             + run_f64 * grid_steps(env, configs, f64, vs_torch, gemm=False)
+             + targets * (2 * len(MODES) + len(env.impls(target_config, dtype, vs_torch))))
+    prog = Progress(steps, enabled=progress)
+    res = Results(run_grid(env, configs, dtype, prog))
+    if run_f64:
+        res.float64 = run_grid(env, configs, f64, prog, vs_torch, gemm=False, label="f64 ")
+    if targets:
+        res.threads = run_threads(env, target_config, prog)
+        res.memory = run_memory(env, target_config, prog)
+    prog.close()
+    return res
+
+
+def report(res: Results, header: str, targets: list[Target] | None) -> None:
+    """Print the results on stdout: the table, the peers' disagreements, the sections, the
+    targets, and the measurements disturbed by other processes."""
+    print(header + "\n\n" + format_table(res.main.rows))
+    warnings = _check_warnings([g for g in (res.main, res.float64) if g is not None])
+    for text in ("\n".join(warnings), format_sections(res),
+                 format_targets(targets) if targets else ""):
+        if text:
+            print("\n" + text)
+    noisy = list(dict.fromkeys(what for what, t in res.timings() if _noisy(t)))
+    if noisy:
+        print(f"\nnote: other processes used over {BUSY_NOTE} CPUs during {len(noisy)} "
+              f"measurement(s), which are unreliable: {', '.join(noisy)}")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
     dtype = np.dtype(args.dtype)
-    configs: list[BenchConfig] = args.configs
-    targets = args.targets if args.targets is not None else configs == list(GRID)
+    with_targets = args.targets if args.targets is not None else args.configs == list(GRID)
     env = _env(args)
     info = machine_info(env)
     info["busy_cpus_before"] = busy_before = busy_cpus()
@@ -1203,56 +1254,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: other processes are using {busy_before:.2f} of {os.cpu_count()} CPUs; "
               f"timings will be noisy", file=sys.stderr)
 
-    f64 = np.dtype(np.float64)
-    run_f64 = targets and dtype != f64 and env.torch is not None
-    if targets and env.torch is None:
-        print("no torch: the float64 comparison is skipped", file=sys.stderr)
-    tcfg: BenchConfig = args.target_config
-    steps = (grid_steps(env, configs, dtype)
-             + run_f64 * grid_steps(env, configs, f64, ("lstmx", "torch"), gemm=False)
-             + targets * (2 * len(MODES) + len(env.impls(tcfg, dtype, ("lstmx", "torch")))))
-    prog = Progress(steps, enabled=not args.quiet)
-    res = Results(run_grid(env, configs, dtype, prog))
-    if run_f64:
-        res.float64 = run_grid(env, configs, f64, prog, ("lstmx", "torch"), gemm=False,
-                               label="f64 ")
-    if targets:
-        res.threads = run_threads(env, tcfg, prog)
-        res.memory = run_memory(env, tcfg, prog)
-    prog.close()
+    res = run_all(env, args.configs, dtype, with_targets, args.target_config, not args.quiet)
     elapsed = time.perf_counter() - t_start
     gemm_backend = "torch.mm" if env.torch is not None else "numpy.matmul"
-
-    print(_header(info, dtype, gemm_backend))
-    print()
-    print(format_table(res.main.rows))
-    warnings = _check_warnings([g for g in (res.main, res.float64) if g is not None])
-    if warnings:
-        print("\n" + "\n".join(warnings))
-    sections = format_sections(res)
-    if sections:
-        print("\n" + sections)
-    tlist = evaluate_targets(res) if targets else None
-    if tlist is not None:
-        print("\n" + format_targets(tlist))
-    sys.stdout.flush()
-    grids = [res.main] + ([res.float64] if res.float64 is not None else [])
-    noisy = [f"{r.config.name} {r.mode} {impl} ({g.dtype})" for g in grids for r in g.rows
-             for impl, t in r.timings.items() if _noisy(t)]
-    noisy += sorted({f"{r.config.name} gemm" for r in res.main.rows if r.gemm and _noisy(r.gemm)})
-    if noisy:
-        print(f"note: other processes used over {BUSY_NOTE} CPUs during {len(noisy)} "
-              f"measurement(s), which are unreliable: {', '.join(noisy)}", file=sys.stderr)
+    targets = evaluate_targets(res) if with_targets else None
+    report(res, _header(info, dtype, gemm_backend), targets)
     print(f"\ntotal run time {elapsed:.1f} s", file=sys.stderr)
 
-    os.makedirs(args.out, exist_ok=True)
     doc = {"machine": info, "threads": args.threads, "gemm_backend": gemm_backend,
            "budget": asdict(env.budget), "reference_max_tbh": REFERENCE_MAX_TBH,
            "total_time_s": elapsed, **res.main.to_json(),
            "float64": None if res.float64 is None else res.float64.to_json(),
            "thread_scaling": None if res.threads is None else res.threads.to_json(),
            "memory": res.memory,
-           "targets": None if tlist is None else [asdict(t) for t in tlist]}
+           "targets": None if targets is None else [asdict(t) for t in targets]}
     path = os.path.join(args.out, JSON_NAME)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
