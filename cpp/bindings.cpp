@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
@@ -28,7 +29,7 @@ std::string shape_str(const std::vector<Index>& s) {
   return r + (s.size() == 1 ? ",)" : ")");
 }
 
-// A C-contiguous array of exactly dtype S and the given shape, or None (nullptr).
+// A C-contiguous, aligned array of exactly dtype S and the given shape, or None (nullptr).
 template <typename S>
 const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>& shape) {
   if (o.is_none()) return nullptr;
@@ -38,11 +39,31 @@ const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>&
   auto a = py::reinterpret_borrow<py::array>(o);
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + ": expected an aligned array");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
   if (got != shape)
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                           shape_str(got));
   return static_cast<const S*>(a.data());
+}
+
+[[noreturn]] void memory_error(const std::string& msg) {
+  PyErr_SetString(PyExc_MemoryError, msg.c_str());
+  throw py::error_already_set();
+}
+
+// Refuses sizes whose buffers' element counts overflow (zero-sized arrays can have absurd
+// dimensions) before anything is computed from them. No buffer exceeds [max(T*B, 4H), 4(I+H)].
+template <typename S>
+void check_sizes(const Dims& d) {
+  const Index lim = PTRDIFF_MAX / Index(8 * sizeof(S));
+  Index rows = 0, n = 0;
+  if (d.I > lim || d.H > lim || __builtin_mul_overflow(d.T, d.B, &rows) ||
+      __builtin_mul_overflow(std::max(rows, 4 * d.H), 4 * (d.I + d.H), &n) || n > lim)
+    memory_error("x, w_hh: T = " + std::to_string(d.T) + ", B = " + std::to_string(d.B) +
+                 ", I = " + std::to_string(d.I) + ", H = " + std::to_string(d.H) +
+                 " is too large for any machine's memory");
 }
 
 // Outputs are 64-byte aligned: Eigen's vectorised loops peel by address, so a fixed alignment
@@ -57,6 +78,8 @@ py::array_t<S> out(const std::vector<Index>& shape) {
   return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()), static_cast<S*>(p),
                         owner);
 }
+
+constexpr int kMaxThreads = 1024;
 
 Kernel kernel_of(bool naive) { return naive ? Kernel::Naive : Kernel::Fast; }
 
@@ -90,6 +113,7 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   d.batch_first = batch_first;
   d.T = x.shape(batch_first ? 1 : 0), d.B = x.shape(batch_first ? 0 : 1), d.I = x.shape(2);
   d.H = w_hh.shape(1);
+  check_sizes<S>(d);
   const S* px = in_ptr<S>(x, "x", {x.shape(0), x.shape(1), d.I});
   const S* pwih = in_ptr<S>(w_ih, "w_ih", {4 * d.H, d.I});
   const S* pwhh = in_ptr<S>(w_hh, "w_hh", {4 * d.H, d.H});
@@ -174,7 +198,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward_any, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
         py::arg("training"), py::arg("naive") = false);
-  m.def("set_num_threads", &lstmx::set_num_threads, py::arg("n"));
+  m.attr("max_threads") = kMaxThreads;
+  m.def("set_num_threads", [](long long n) {
+    if (n < 1 || n > kMaxThreads)  // more would only risk failing to create threads
+      throw py::value_error("n: expected a positive int, at most " + std::to_string(kMaxThreads) +
+                            ", got " + std::to_string(n));
+    lstmx::set_num_threads(int(n));
+  }, py::arg("n"));
   m.def("get_num_threads", &lstmx::num_threads);
   m.def("set_isa", &lstmx::set_isa, py::arg("name"),
         "Switch the kernels to another ISA level (see isas_available()).");

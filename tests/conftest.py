@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections import Counter
 from types import ModuleType
 from typing import Any
 
@@ -65,3 +66,29 @@ def require(name: str) -> ModuleType:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"{name} is not installed")
+
+
+class Record:
+    """The numbers CI checks (fuzz cases, soak calls, RSS growth, thread counts...), printed at
+    the end of the run."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.counts: Counter[str] = Counter()
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
+RECORD = Record()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = [f"{k}: {v}" for k, v in {**RECORD.counts, **RECORD.values}.items()]
+    if lines:
+        terminalreporter.section("reliability numbers")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_case
-from hypothesis import given, settings
+from conftest import RECORD, assert_close, make_case
+from entry_points import ENTRIES, NO_ARGS, Entry, arrays
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import lstmx
 from lstmx import _core
+from lstmx import reference as R
 
 ARGS = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"]
 
@@ -100,7 +105,7 @@ def test_cell_bad_arguments() -> None:
     c = case()
     with pytest.raises(ValueError, match=r"x: expected a 2-D array \[B, I\], got a 3-D array"):
         lstmx.lstm_cell(c["x"], c["w_ih"], c["w_hh"])
-    with pytest.raises(ValueError, match=r"h0: expected shape \[B, H\] = \(3, 6\)"):
+    with pytest.raises(ValueError, match=r"h: expected shape \[B, H\] = \(3, 6\)"):
         lstmx.lstm_cell(c["x"][0], c["w_ih"], c["w_hh"], h=np.zeros((6,), np.float32))
     with pytest.raises(ValueError, match=r"w_ih: expected shape \[4H, I\] = \(24, 5\)"):
         lstmx.lstm_cell(c["x"][0], c["w_ih"][:, :4], c["w_hh"])
@@ -135,34 +140,249 @@ def test_core_rejects_misuse_without_crashing() -> None:
     with pytest.raises(ValueError, match="C-contiguous"):
         _core.forward(c["x"], np.asfortranarray(c["w_ih"]), c["w_hh"], None, None, None, False,
                       False)
+    misaligned = np.empty(c["x"].nbytes + 1, np.uint8)[1:].view(np.float32).reshape(4, 3, 5)
+    with pytest.raises(ValueError, match="x: expected an aligned array"):
+        _core.forward(misaligned, c["w_ih"], c["w_hh"], None, None, None, False, False)
     with pytest.raises(ValueError, match=r"h0: expected shape \(3, 6\), got \(3, 5\)"):
         _core.forward(c["x"], c["w_ih"], c["w_hh"], None, c["h0"][:, :5].copy(), None, False,
                       False)
 
 
-finite = st.floats(-10, 10, width=32)
-
-
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(T=st.integers(0, 4), B=st.integers(0, 3), I=st.integers(0, 4), H=st.integers(1, 5),
        dI=st.integers(-1, 1), dH=st.integers(-1, 1), dB=st.integers(-1, 1),
-       batch_first=st.booleans(), seed=st.integers(0, 2**16))
+       batch_first=st.booleans(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float32, np.float64]))
 def test_fuzz_shapes(T: int, B: int, I: int, H: int, dI: int, dH: int, dB: int,
-                     batch_first: bool, seed: int) -> None:
-    """Random, sometimes mismatched shapes: the right answer or a ValueError, never a crash."""
-    c = make_case(T, B, I, H, np.float32, seed=seed, batch_first=batch_first)
+                     batch_first: bool, seed: int, dtype: Any) -> None:
+    """Random shapes (0-sized too), sometimes mismatched: the right answer or a ValueError."""
+    RECORD.add("fuzz cases (random shapes)")
+    c = make_case(T, B, I, H, dtype, seed=seed, batch_first=batch_first)
     if dI:
-        c["w_ih"] = np.zeros((4 * H, max(0, I + dI)), np.float32)
+        c["w_ih"] = np.zeros((4 * H, max(0, I + dI)), dtype)
     if dH:
-        c["w_hh"] = np.zeros((4 * H, max(0, H + dH)), np.float32)
+        c["w_hh"] = np.zeros((4 * H, max(0, H + dH)), dtype)
     if dB:
-        c["h0"] = np.zeros((max(0, B + dB), H), np.float32)
+        c["h0"] = np.zeros((max(0, B + dB), H), dtype)
     mismatched = (dI and max(0, I + dI) != I) or (dH and max(0, H + dH) != H) or \
         (dB and max(0, B + dB) != B)
     if mismatched:
         with pytest.raises(ValueError, match=r"^(w_ih|w_hh|h0|c0|b_ih): expected shape"):
             lstmx.lstm_train(**c, batch_first=batch_first)
+        return
+    y, hn, cn, tape = lstmx.lstm_train(**c, batch_first=batch_first)
+    ones = [np.ones_like(a) for a in (y, hn, cn)]
+    g = lstmx.lstm_backward(tape, *ones)
+    c64 = {k: v.astype(np.float64) for k, v in c.items()}
+    *out, cache = R.lstm_forward(**c64, batch_first=batch_first)
+    gr = R.lstm_backward(cache, *(a.astype(np.float64) for a in ones))
+    for name, a, r in zip(("y", "h_n", "c_n"), (y, hn, cn), out):
+        assert_close(a, r, dtype, name)
+    for k in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih"):
+        assert_close(getattr(g, k), gr[k], dtype, k)
+
+
+# ---- every public entry point, fuzzed (see entry_points.py to add one) ------------------------
+
+ALLOWED = (TypeError, ValueError, MemoryError)
+NAMES = {n for e in ENTRIES for n in e.kinds} | {"h0", "c0", "x", "w_ih", "w_hh"}
+
+# Invalid values by kind of argument (arrays are mutated by BAD_ARRAY instead).
+BAD: dict[str, list[Any]] = {
+    "size": [0, -1, -2**63, 2**40, 2**70, 3.5, "3", None, True, [3], np.float64(3.0)],
+    "count": [-1, -2**63, 2**70, 3.5, "3", None, True, [3]],
+    "flag": ["yes", None, 2, -1, 0.5, np.array([True, False]), [True], object()],
+    "probability": [-0.1, 1.5, float("nan"), float("inf"), "0.1", None, [0.1], True],
+    "dtype": ["foo", np.int32, np.complex128, np.float16, object(), 3, bool, "U3"],
+    "seed": ["abc", -1, 1.5, object(), [-1]],
+    "object": ["abc", 3, 1.5, object(), [], np.zeros(3), {"a": 1}],
+}
+BAD_DTYPES = [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, object,
+              np.float16, "U3", "big-endian"]
+
+
+def _astype(a: np.ndarray, dt: Any) -> np.ndarray:
+    return a.astype(a.dtype.newbyteorder(">") if dt == "big-endian" else dt)
+
+
+# Array mutations that must fail, by name: f(a) -> the bad value, and whether the error must
+# name this very argument (a bad shape may be reported by the argument it fails to match).
+BAD_ARRAY: dict[str, tuple[Callable[[np.ndarray], Any], bool]] = {
+    **{f"dtype {dt}": ((lambda a, dt=dt: _astype(a, dt)), True) for dt in BAD_DTYPES},
+    "None": (lambda a: None, True),
+    "string": (lambda a: "abc", True),
+    "object": (lambda a: object(), True),
+    "dict": (lambda a: {"a": 1}, True),
+    "ragged list": (lambda a: [[1.0], [1.0, 2.0]], True),
+    "list of strings": (lambda a: [["a", "b"]], True),
+    "scalar": (lambda a: 0.5, False),
+    "one more axis": (lambda a: np.stack([a, a]), False),
+    "one axis fewer": (lambda a: a[0], False),
+    "absurd size": (lambda a: np.broadcast_to(a[:1], (2**40,) + a.shape[1:]), False),
+}
+ANY_SHAPE_BAD = [k for k, (_, must) in BAD_ARRAY.items() if must]  # not the shape changes
+
+
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    buf = np.empty(a.nbytes + 1, np.uint8)[1:]
+    out = buf.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def _strided(a: np.ndarray) -> np.ndarray:
+    big = np.zeros(a.shape + (2,), a.dtype)
+    big[..., 0] = a
+    return big[..., 0]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _torch() -> Any:
+    try:
+        import torch
+        return torch
+    except ImportError:  # torch is optional outside CI: then no tensor forms
+        return None
+
+
+# Mutations that keep the value: the result must be bitwise the same.
+SAME_ARRAY: dict[str, Callable[[np.ndarray], Any]] = {
+    "list": lambda a: a.tolist(),
+    "fortran": np.asfortranarray,
+    "strided": _strided,
+    "reversed strides": lambda a: np.flip(np.flip(a, 0).copy(), 0),
+    "read-only": _readonly,
+    "misaligned": _misaligned,
+    **({"torch": lambda a: _torch().from_numpy(a.copy()),
+        "torch, non-contiguous": lambda a: _torch().from_numpy(_strided(a)),
+        "torch, requires grad": lambda a: _torch().from_numpy(a.copy()).requires_grad_()}
+       if _torch() else {}),
+}
+SAME: dict[str, list[Callable[[Any], Any]]] = {
+    "size": [np.int64, np.int32],
+    "count": [np.int64],
+    "flag": [np.bool_, int],
+    "dtype": [np.dtype, lambda d: np.dtype(d).name, lambda d: np.dtype(d).type],
+}
+
+
+def _draw_case(data: st.DataObject, entry: Entry) -> tuple[dict[str, Any], str]:
+    dtype = np.dtype(data.draw(st.sampled_from([np.float32, np.float64]), label="dtype"))
+    kwargs = entry.make(dtype)
+    arg = data.draw(st.sampled_from(sorted(entry.kinds)), label="argument")
+    return kwargs, arg
+
+
+def _check_message(err: BaseException, arg: str, must_name_arg: bool) -> None:
+    msg = str(err)
+    head = msg.split(":")[0]
+    named = {n for n in re.split(r"[\s,\[\]']+", head) if n}
+    assert named & NAMES, f"the message does not start with an argument's name: {msg!r}"
+    if must_name_arg:
+        assert re.search(rf"\b{re.escape(arg)}\b", msg), f"{arg} is not named in {msg!r}"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_bad_values(entry: Entry, data: st.DataObject) -> None:
+    """A bad value of any argument: TypeError, ValueError or MemoryError naming it."""
+    kwargs, arg = _draw_case(data, entry)
+    kind = entry.kinds[arg]
+    must_name = True
+    if kind.endswith("array"):
+        names = ANY_SHAPE_BAD if kind == "any-shape array" else list(BAD_ARRAY)
+        if arg in entry.optional:
+            names = [n for n in names if n != "None"]
+        how = data.draw(st.sampled_from(names), label="mutation")
+        f, must_name = BAD_ARRAY[how]
+        kwargs[arg] = f(kwargs[arg])
     else:
-        y, hn, cn, tape = lstmx.lstm_train(**c, batch_first=batch_first)
-        g = lstmx.lstm_backward(tape, np.ones_like(y), np.ones_like(hn), np.ones_like(cn))
-        assert g.dx.shape == c["x"].shape and np.isfinite(g.dw_hh).all()
+        values = [v for v in BAD[kind] if not (v is None and arg in entry.optional)]
+        values += [f(kwargs) for f in entry.bad.get(arg, [])]
+        kwargs[arg] = data.draw(st.sampled_from(values), label="value")
+    RECORD.add("fuzz cases (bad values)")
+    allowed = ALLOWED + ((NotImplementedError,) if arg in entry.unimplemented else ())
+    with pytest.raises(allowed) as err:
+        entry.call(**kwargs)
+    _check_message(err.value, arg, must_name)
+
+
+def _same_forms(kind: str) -> dict[str, Callable[[Any], Any]]:
+    if kind.endswith("array"):
+        return {k: f for k, f in SAME_ARRAY.items()
+                if not (kind == "any-shape array" and k == "list")}  # a list is float64
+    return {f"{kind} {i}": f for i, f in enumerate(SAME.get(kind, []))}
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES
+                                   if any(_same_forms(k) for k in e.kinds.values())], ids=repr)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_same_values(entry: Entry, data: st.DataObject) -> None:
+    """The same values in another form (a list, any strides, read-only, misaligned, a torch
+    tensor, numpy scalars): bitwise the same result."""
+    kwargs, arg = _draw_case(data, entry)
+    hows = _same_forms(entry.kinds[arg])
+    assume(hows and kwargs[arg] is not None)
+    expected = arrays(entry.call(**kwargs))
+    how = data.draw(st.sampled_from(sorted(hows)), label="form")
+    kwargs[arg] = hows[how](kwargs[arg])
+    RECORD.add("fuzz cases (same values, other forms)")
+    got = arrays(entry.call(**kwargs))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("name,fn", NO_ARGS, ids=[n for n, _ in NO_ARGS])
+def test_entry_points_without_arguments(name: str, fn: Callable[[], Any],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = fn()
+    assert out is None or arrays(out)
+    with pytest.raises(TypeError):
+        fn(1)  # type: ignore[call-arg]
+
+
+ABSURD = [  # (T, B, I, H): T*B*4H past 2**31 and terabytes; and past 2**63 (zero-sized x)
+    (2**22, 2**12, 1, 2**6),
+    (2**40, 2**20, 1, 1),
+    (2**30, 2**30, 0, 4),
+]
+
+
+@pytest.mark.parametrize("fn,T,B,I,H", [(fn, *s) for s in ABSURD for fn in
+                                         ("lstm", "lstm_train", "reference", "layer", "cell")
+                                         if s[2] or fn != "layer"])  # input_size >= 1
+def test_absurd_sizes_are_refused_before_allocating(fn: str, T: int, B: int, I: int,
+                                                    H: int) -> None:
+    """Broadcast views (no memory) of absurd sizes: a MemoryError naming x, at once."""
+    x = np.empty((T, B, 0), np.float32) if I == 0 else \
+        np.broadcast_to(np.float32(0.5), (T, B, I))
+    w_ih = np.broadcast_to(np.float32(0.1), (4 * H, I))
+    w_hh = np.broadcast_to(np.float32(0.1), (4 * H, H))
+    call = {"lstm": lambda: lstmx.lstm(x, w_ih, w_hh),
+            "lstm_train": lambda: lstmx.lstm_train(x, w_ih, w_hh),
+            "reference": lambda: R.lstm_forward(x, w_ih, w_hh),
+            "layer": lambda: lstmx.LSTM(I, H)(x),
+            "cell": lambda: lstmx.lstm_cell(x.reshape(T * B, I), w_ih, w_hh)}[fn]
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"^x(, w_ih, w_hh)?: .* would need .* GiB") as err:
+        call()
+    assert time.perf_counter() - t0 < 1.0, "refused only after trying"
+    _check_message(err.value, "x", True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_core_refuses_overflowing_sizes(dtype: Any) -> None:
+    """lstmx._core checks too: element counts past 2**63 are a MemoryError, not a wrap-around."""
+    x = np.empty((2**29, 2**30, 0), dtype)  # zero-sized: no memory, T*B = 2**59
+    w = np.zeros((16, 4), dtype)
+    with pytest.raises(MemoryError, match="x, w_hh: T = 536870912, B = 1073741824"):
+        _core.forward(x, np.zeros((16, 0), dtype), w, None, None, None, False, True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, assert_close, numerical_grads
 
 import lstmx
 from lstmx import reference as R
@@ -100,7 +100,7 @@ def test_state_dict_round_trip_and_errors() -> None:
     c = lstmx.LSTM(3, 4, dtype=np.float64)
     c.load_state_dict({k: v.tolist() for k, v in a.state_dict().items()})  # any array-like
     assert c.weight_hh_l0.dtype == np.float64
-    with pytest.raises(KeyError, match="missing keys.*bias_hh_l0"):
+    with pytest.raises(ValueError, match="state: missing keys.*bias_hh_l0"):
         b.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l0"})
     before = b.state_dict()
     bad = dict(a.state_dict(), weight_hh_l0=np.zeros((16, 5)))
@@ -150,3 +150,38 @@ def test_layer_bad_arguments() -> None:
                                       batch_first=True)
     with pytest.raises(ValueError, match="tape: it was not made by this layer"):
         m.backward(other, None)
+
+
+# Every variant of the layer; a new one (num_layers, bidirectional, proj_size) is a new line.
+VARIANTS = [
+    dict(),
+    dict(bias=False),
+    dict(batch_first=True),
+    dict(unbatched=True),
+    dict(batch_first=True, unbatched=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(v) or "default")
+def test_gradient_check_every_variant(variant: dict[str, bool]) -> None:
+    """backward against central differences of the layer's own forward, in float64: the
+    gradients of x, the initial state and every parameter."""
+    kw = {k: v for k, v in variant.items() if k != "unbatched"}
+    m = lstmx.LSTM(3, 4, dtype=np.float64, seed=7, **kw)
+    rng = np.random.default_rng(8)
+    T, B = 3, 2
+    shape = (T, 3) if variant.get("unbatched") else (B, T, 3) if m.batch_first else (T, B, 3)
+    sshape = (1, 4) if variant.get("unbatched") else (1, B, 4)
+    x, h0, c0 = rng.standard_normal(shape), rng.standard_normal(sshape), \
+        rng.standard_normal(sshape)
+    y, (hn, cn), tape = m.forward_train(x, (h0, c0))
+    wy, wh, wc = (rng.standard_normal(a.shape) for a in (y, hn, cn))
+
+    def loss() -> float:
+        y, (hn, cn) = m(x, (h0, c0))
+        return float((y * wy).sum() + (hn * wh).sum() + (cn * wc).sum())
+
+    dx, (dh0, dc0), grads = m.backward(tape, wy, wh, wc)
+    num = numerical_grads(loss, dict(x=x, h0=h0, c0=c0, **m.named_parameters()))
+    for k, g in dict(x=dx, h0=dh0, c0=dc0, **grads).items():
+        np.testing.assert_allclose(g, num[k], rtol=1e-6, atol=1e-8, err_msg=k)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import GRAD_NAMES, numerical_grads, DTYPES, assert_close, make_case
+from conftest import GRAD_NAMES, RECORD, numerical_grads, DTYPES, assert_close, make_case
 
 import os
 import subprocess
@@ -253,16 +253,62 @@ def test_nan_propagates() -> None:
     assert np.isfinite(y[0]).all()
 
 
-def test_extreme_preactivations_do_not_overflow() -> None:
-    c = make_case(3, 2, 4, 6, np.float32, seed=2)
-    c["x"] *= np.float32(1e4)
-    for dt in (np.float32, np.float64):
-        d = {k: v.astype(dt) for k, v in c.items()}
-        y, hn, cn, tape = lstmx.lstm_train(**d)
-        assert np.isfinite(y).all() and np.isfinite(cn).all()
-        assert np.abs(y).max() <= 1.0
-        g = lstmx.lstm_backward(tape, np.ones_like(y))
-        assert all(np.isfinite(a).all() for a in g if a is not None)
+def _train_and_reference(c: dict[str, np.ndarray], dtype: Any) -> tuple[list[Any], list[Any]]:
+    """lstmx's outputs and gradients (with dy = dh_n = dc_n = 1), and the float64 reference's,
+    in the same order; the reference is computed with NumPy's warnings off."""
+    y, hn, cn, tape = lstmx.lstm_train(**{k: v.astype(dtype) for k, v in c.items()})
+    g = lstmx.lstm_backward(tape, np.ones_like(y), np.ones_like(hn), np.ones_like(cn))
+    with np.errstate(all="ignore"):
+        yr, hr, cr, cache = R.lstm_forward(**{k: v.astype(np.float64) for k, v in c.items()})
+        gr = R.lstm_backward(cache, np.ones_like(yr), np.ones_like(hr), np.ones_like(cr))
+    names = _grad_names(True)
+    return [y, hn, cn, *(getattr(g, k) for k in names)], [yr, hr, cr, *(gr[k] for k in names)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arg", ["x", "w_ih", "w_hh", "b_ih", "h0", "c0"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_propagate_like_the_reference(dtype: Any, arg: str, value: float,
+                                                  isa: str) -> None:
+    """A NaN or an Inf in any input is no error and no warning: the NaNs and Infs of every
+    output and gradient are where the reference has them."""
+    c = make_case(4, 3, 2, 5, seed=3)
+    c[arg].flat[1] = value
+    got, expected = _train_and_reference(c, dtype)
+    for a, r in zip(got, expected):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+        np.testing.assert_array_equal(np.isposinf(a), np.isposinf(r))
+        np.testing.assert_array_equal(np.isneginf(a), np.isneginf(r))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("how", ["bias", "inputs"])
+def test_extreme_preactivations_do_not_overflow(dtype: Any, how: str, isa: str) -> None:
+    """Pre-activations of +-1e4 saturate the gates: no overflow warning, no NaN, and the
+    reference's values (warnings are errors in this suite)."""
+    c = make_case(3, 2, 4, 6, seed=2)
+    if how == "bias":  # exactly +-1e4, alternating over the gates' units
+        c["w_ih"][...] = c["w_hh"][...] = c["b_hh"][...] = 0
+        c["b_ih"] = np.where(np.arange(24) % 2, 1e4, -1e4)
+    else:
+        c["x"] *= 1e4
+    got, expected = _train_and_reference(c, dtype)
+    assert all(np.isfinite(a).all() for a in got)
+    assert np.abs(got[0]).max() <= 1.0
+    for k, (a, r) in enumerate(zip(got, expected)):
+        assert_close(a, r, dtype, str(k))
+
+
+def test_long_sequence_float32_stays_near_float64(isa: str) -> None:
+    """T = 10,000 steps in float32 against the float64 reference: errors do not grow with T.
+    The README states the bound: 1e-5 on y, h_n and c_n; 5e-5 of the largest gradient."""
+    c = make_case(10_000, 2, 4, 16, seed=7)
+    got, expected = _train_and_reference(c, np.float32)
+    errs = [float(np.abs(a - r).max()) / (1.0 if k < 3 else float(np.abs(r).max()))
+            for k, (a, r) in enumerate(zip(got, expected))]
+    RECORD.set(f"T=10000 float32 vs float64, {isa}: outputs, gradients (relative)",
+               f"{max(errs[:3]):.1e}, {max(errs[3:]):.1e}")
+    assert max(errs[:3]) <= 1e-5 and max(errs[3:]) <= 5e-5, errs
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -293,20 +339,29 @@ def test_show_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(6, 3, 17, 33), (20, 64, 32, 100), (3, 5, 300, 500)])
+@pytest.mark.parametrize("shape,batch_first", [((6, 3, 17, 33), True), ((20, 64, 32, 100), False),
+                                               ((3, 5, 300, 500), False)])
 def test_bitwise_identical_across_thread_counts_and_calls(dtype: Any, shape: tuple[int, ...],
-                                                          isa: str) -> None:
-    c = make_case(*shape, dtype=dtype, seed=6)
+                                                          batch_first: bool, isa: str) -> None:
+    """Outputs and gradients of every call (inference, training, backward, the cell step) are
+    bitwise the same with 1, 2 and 3 threads and from call to call, at every ISA level."""
+    c = make_case(*shape, dtype=dtype, seed=6, batch_first=batch_first)
+    x0 = c["x"][:, 0] if batch_first else c["x"][0]
     old = lstmx.get_num_threads()
     outs = []
     try:
-        for threads in (1, 2, 3, 2):
+        for threads in (1, 2, 3, 2, 1):
             lstmx.set_num_threads(threads)
-            y, hn, cn, tape = lstmx.lstm_train(**c)
+            y, hn, cn, tape = lstmx.lstm_train(**c, batch_first=batch_first)
             g = lstmx.lstm_backward(tape, np.full_like(y, 0.3), hn, cn)
-            outs.append((y, hn, cn, *g))
+            yi, hi, ci = lstmx.lstm(**c, batch_first=batch_first)
+            h1, c1, ctape = lstmx.lstm_cell_train(x0, c["w_ih"], c["w_hh"], c["b_ih"],
+                                                  c["b_hh"], c["h0"], c["c0"])
+            g1 = lstmx.lstm_cell_backward(ctape, h1, c1)
+            outs.append((y, hn, cn, *g, yi, hi, ci, h1, c1, *g1))
     finally:
         lstmx.set_num_threads(old)
+    RECORD.set("thread counts checked bitwise (per ISA, dtype, shape)", "1, 2, 3, 2, 1")
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_array_equal(a, b)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
+
 from . import _core, reference
 from .functional import (LSTMGrads, Tape, lstm, lstm_backward, lstm_cell, lstm_cell_backward,
                          lstm_cell_train, lstm_train)
@@ -18,6 +20,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
+_MAX_THREADS: int = _core.max_threads
+
 __all__ = [
     "LSTM", "LSTMGrads", "Tape", "lstm", "lstm_train", "lstm_backward", "lstm_cell",
     "lstm_cell_train", "lstm_cell_backward", "set_num_threads", "get_num_threads",
@@ -26,10 +30,12 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads lstmx's kernels use (``n >= 1``)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
-    _core.set_num_threads(n)
+    """Set the number of OpenMP threads lstmx's kernels use (``1 <= n <= 1024``).
+
+    Safe at any time: a call already running keeps the count it started with."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"n: expected a positive int, at most {_MAX_THREADS}, got {n!r}")
+    _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:

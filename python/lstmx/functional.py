@@ -20,6 +20,7 @@ supported; all arrays must share ``x``'s dtype. Non-contiguous inputs are copied
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, NamedTuple
 
@@ -71,6 +72,11 @@ class Tape:
     __slots__ = ("_cache", "_has_bias", "_cell", "_dtype", "_unbatched")
 
     def __init__(self, cache: Any, has_bias: bool, cell: bool, dtype: np.dtype[Any]) -> None:
+        kinds = {np.dtype(np.float32): _core.Cache_f32, np.dtype(np.float64): _core.Cache_f64}
+        if not (isinstance(dtype, np.dtype) and isinstance(cache, kinds.get(dtype, ()))):
+            raise TypeError(f"cache, dtype: expected the workspace of a training forward pass "
+                            f"and its dtype (tapes are made by lstmx), got "
+                            f"{type(cache).__name__} and {dtype!r}")
         self._cache = cache
         self._has_bias = has_bias
         self._cell = cell
@@ -98,22 +104,50 @@ def _to_numpy(name: str, a: ArrayLike) -> np.ndarray:
     """Any array-like (numpy, torch CPU tensor, list) to an ndarray, without casting."""
     if a is None:
         raise TypeError(f"{name}: expected an array, got None")
-    if hasattr(a, "detach") and hasattr(a, "cpu") and hasattr(a, "numpy"):  # torch.Tensor
-        a = a.detach().cpu().numpy()
     try:
+        if hasattr(a, "detach") and hasattr(a, "cpu") and hasattr(a, "numpy"):  # torch.Tensor
+            a = a.detach().cpu().numpy()
         return np.asarray(a)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, bfloat16 or sparse tensors
         raise TypeError(f"{name}: cannot be read as an array ({type(a).__name__}): {e}") from None
 
 
-def _float_array(name: str, a: ArrayLike, dtype: np.dtype[Any] | None = None) -> np.ndarray:
+def _float_array(name: str, a: ArrayLike, dtype: np.dtype[Any] | None = None,
+                 source: str = "x") -> np.ndarray:
+    """``a`` as a float32 or float64 ndarray of ``dtype`` (the call's, set by ``source``).
+
+    Arrays and tensors keep their dtype, which must match; Python lists and numbers have none
+    and take ``dtype``."""
     arr = _to_numpy(name, a)
+    if dtype is not None and not hasattr(a, "dtype") and arr.dtype.kind in "iuf":
+        arr = arr.astype(dtype)
     if arr.dtype not in _FLOATS:
         raise TypeError(f"{name}: expected float32 or float64 data, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name}: dtype {arr.dtype} does not match x's dtype {dtype}; "
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match {source}'s dtype {dtype}; "
                         f"cast it with .astype(np.{dtype})")
     return arr
+
+
+def _call_dtype(*named: tuple[str, ArrayLike]) -> tuple[np.dtype[Any], str]:
+    """The dtype of a call: that of its first argument that has one (an array or a tensor;
+    lists have none, and take it), and that argument's name."""
+    for name, a in named:
+        if hasattr(a, "dtype"):
+            return _float_array(name, a).dtype, name
+    return np.dtype(np.float64), named[0][0]
+
+
+def _c_array(a: np.ndarray) -> np.ndarray:
+    """C-contiguous and aligned (the kernels' layout), copying only if needed."""
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+
+
+def _flag(name: str, v: object) -> bool:
+    """A bool argument: True, False, numpy bools, or the ints 0 and 1."""
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
 
 
 def _expect_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], desc: str) -> None:
@@ -121,15 +155,20 @@ def _expect_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], desc: s
         raise ValueError(f"{name}: expected shape {desc} = {expected}, got {arr.shape}")
 
 
-def _check_memory(nbytes: int, what: str) -> None:
-    """Refuse an allocation the machine cannot hold, before it is attempted."""
+@functools.cache
+def _physical_memory() -> int:
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = 1 << 62
+        return 1 << 62
+
+
+def _check_memory(names: str, nbytes: int, what: str) -> None:
+    """Refuse an allocation the machine cannot hold, before it is attempted."""
+    total = _physical_memory()
     if nbytes > min(total, 1 << 62):
-        raise MemoryError(f"{what} would need {nbytes / 2**30:.1f} GiB; this machine has "
-                          f"{total / 2**30:.1f} GiB")
+        raise MemoryError(f"{names}: {what} would need {nbytes / 2**30:.4g} GiB; this machine "
+                          f"has {total / 2**30:.1f} GiB")
 
 
 class _Args(NamedTuple):
@@ -142,43 +181,55 @@ class _Args(NamedTuple):
     has_bias: bool
 
 
-def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
-                b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
-                batch_first: bool, training: bool, x_desc: str = "") -> _Args:
-    xa = _float_array("x", x)
-    if xa.ndim != 3:
-        d = x_desc or ("[B, T, I]" if batch_first else "[T, B, I]")
-        raise ValueError(f"x: expected a 3-D array {d}, got a {xa.ndim}-D array of shape "
-                         f"{xa.shape}")
-    dt = xa.dtype
-    T, B = (xa.shape[1], xa.shape[0]) if batch_first else (xa.shape[0], xa.shape[1])
-    I = xa.shape[2]
-    whh = _float_array("w_hh", w_hh, dt)
+def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
+    """Shape checks of ``w_hh [4H, H]`` and ``w_ih [4H, I]``; returns H."""
     if whh.ndim != 2 or whh.shape[0] != 4 * whh.shape[1]:
         raise ValueError(f"w_hh: expected shape [4H, H], got {whh.shape}")
     H = whh.shape[1]
-    wih = _float_array("w_ih", w_ih, dt)
     _expect_shape("w_ih", wih, (4 * H, I), "[4H, I]")
-    bias = None
-    for nm, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            ba = _float_array(nm, b, dt)
-            _expect_shape(nm, ba, (4 * H,), "[4H]")
-            bias = ba if bias is None else bias + ba
-    state = []
-    for nm, s in (("h0", h0), ("c0", c0)):
-        if s is not None:
-            sa = _float_array(nm, s, dt)
-            _expect_shape(nm, sa, (B, H), "[B, H]")
-            state.append(np.ascontiguousarray(sa))
-        else:
-            state.append(None)
-    # Token buffers: y, the input projection, and in training the cache and backward scratch.
-    per_token = H * (1 + 4 + (4 + 1 + 1 + 4 if training else 0)) + (I if training else 0)
-    _check_memory(T * B * per_token * dt.itemsize, f"an LSTM over T*B = {T * B} rows, H = {H}")
-    return _Args(np.ascontiguousarray(xa), np.ascontiguousarray(wih), np.ascontiguousarray(whh),
-                 None if bias is None else np.ascontiguousarray(bias), state[0], state[1],
-                 b_ih is not None or b_hh is not None)
+    return H
+
+
+def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
+                b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
+                batch_first: bool, training: bool, cell: bool = False) -> _Args:
+    """Every check of a forward call, then C-contiguous copies where needed. The call's dtype
+    is x's (the weights' if x is a list). ``cell``: x is one step ``[B, I]``, the state ``h, c``.
+    """
+    dt, src = _call_dtype(("x", x), ("w_hh", w_hh), ("w_ih", w_ih))
+    xa = _float_array("x", x, dt, src)
+    batch_first = _flag("batch_first", batch_first)
+    if xa.ndim != (2 if cell else 3):
+        d = "[B, I]" if cell else "[B, T, I]" if batch_first else "[T, B, I]"
+        raise ValueError(f"x: expected a {2 if cell else 3}-D array {d}, got a {xa.ndim}-D "
+                         f"array of shape {xa.shape}")
+    if cell:
+        xa = xa[None]
+    T, B = (xa.shape[1], xa.shape[0]) if batch_first else (xa.shape[0], xa.shape[1])
+    I = xa.shape[2]
+    whh = _float_array("w_hh", w_hh, dt, src)
+    wih = _float_array("w_ih", w_ih, dt, src)
+    H = _check_weights(wih, whh, I)
+    opt: dict[str, np.ndarray | None] = {}
+    hn, cn = ("h", "c") if cell else ("h0", "c0")
+    for nm, a, shape, desc in (("b_ih", b_ih, (4 * H,), "[4H]"), ("b_hh", b_hh, (4 * H,), "[4H]"),
+                               (hn, h0, (B, H), "[B, H]"), (cn, c0, (B, H), "[B, H]")):
+        opt[nm] = None if a is None else _float_array(nm, a, dt, src)
+        if opt[nm] is not None:
+            _expect_shape(nm, opt[nm], shape, desc)  # type: ignore[arg-type]
+    # Before any copy: per row of x, its copy, y and the input projection, and in training the
+    # cache (x, gates, h, c) and backward's scratch; the weights, copied, and the cache's copy.
+    rows, k = T * B, 2 if training else 1
+    nbytes = (rows * (I + 5 * H + (I + 10 * H if training else 0)) + k * 4 * H * (I + H + 1)
+              + 4 * B * H) * dt.itemsize
+    _check_memory("x, w_ih, w_hh", nbytes, f"an LSTM with T*B = {rows} rows, I = {I}, H = {H}")
+    bias = [b for b in (opt["b_ih"], opt["b_hh"]) if b is not None]
+    if len(bias) == 2:
+        with np.errstate(all="ignore"):  # inf + -inf is NaN, silently: NaN propagates
+            bias = [bias[0] + bias[1]]
+    return _Args(_c_array(xa), _c_array(wih), _c_array(whh), _c_array(bias[0]) if bias else None,
+                 None if opt[hn] is None else _c_array(opt[hn]),
+                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias))
 
 
 def _check_tape(tape: Any, cell: bool) -> Tape:
@@ -197,7 +248,7 @@ def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc:
         return None
     arr = _float_array(name, a, dtype)
     _expect_shape(name, arr, expected, desc)
-    return np.ascontiguousarray(arr)
+    return _c_array(arr)
 
 
 def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
@@ -263,19 +314,11 @@ def _backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None,
     dya = _grad_array("dy", dy, yshape, ydesc, dt)
     dha = _grad_array("dh_n", dh_n, (c.B, c.H), "[B, H]", dt)
     dca = _grad_array("dc_n", dc_n, (c.B, c.H), "[B, H]", dt)
-    _check_memory(c.T * c.B * (4 * c.H + c.I) * dt.itemsize, "backward")
+    _check_memory("tape", c.T * c.B * (4 * c.H + c.I) * dt.itemsize, "backward")
     return _grads(_core.backward(c, dya, dha, dca, naive), t._has_bias)
 
 
 # ---- single cell step ------------------------------------------------------------------------
-
-
-def _cell_x(x: ArrayLike) -> np.ndarray:
-    xa = _float_array("x", x)
-    if xa.ndim != 2:
-        raise ValueError(f"x: expected a 2-D array [B, I], got a {xa.ndim}-D array of shape "
-                         f"{xa.shape}")
-    return xa[None]
 
 
 def lstm_cell(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None = None,
@@ -302,7 +345,7 @@ def lstm_cell_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike,
 def _cell(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
           b_hh: ArrayLike | None, h: ArrayLike | None, c: ArrayLike | None,
           training: bool) -> tuple[Array, Array, Tape | None]:
-    a = _check_args(_cell_x(x), w_ih, w_hh, b_ih, b_hh, h, c, False, training, "[B, I]")
+    a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h, c, False, training, cell=True)
     y, _, cn, cache = _core.forward(a.x, a.w_ih, a.w_hh, a.bias, a.h0, a.c0, False, training)
     tape = Tape(cache, a.has_bias, True, a.x.dtype) if training else None
     return y[0], cn, tape

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .functional import (Array, ArrayLike, Tape, _check_tape, _float_array, _to_numpy, lstm,
-                         lstm_backward, lstm_train)
+from .functional import (Array, ArrayLike, Tape, _check_memory, _check_tape, _flag, _float_array,
+                         _to_numpy, lstm, lstm_backward, lstm_train)
 
 __all__ = ["LSTM"]
 
@@ -32,20 +32,41 @@ class LSTM:
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0,
                  dtype: type | np.dtype[Any] | str = np.float32, seed: int | None = None) -> None:
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if (num_layers, dropout, bidirectional, proj_size) != (1, 0.0, False, 0):
-            raise NotImplementedError("num_layers > 1, dropout, bidirectional and proj_size are "
-                                      "not implemented yet")
-        dt = np.dtype(dtype)
+        for name, v, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                             ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                what = "positive" if low else "non-negative"
+                raise ValueError(f"{name}: expected a {what} int, got {v!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size = {hidden_size}, got "
+                             f"{proj_size}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) \
+                or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        bias, batch_first = _flag("bias", bias), _flag("batch_first", batch_first)
+        bidirectional = _flag("bidirectional", bidirectional)
+        try:
+            dt = np.dtype(dtype)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"dtype: {e}") from None
         if dt not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers, self.bias, self.batch_first = 1, bool(bias), bool(batch_first)
+        todo = [name for name, v, default in (
+            ("num_layers", num_layers, 1), ("dropout", dropout, 0),
+            ("bidirectional", bidirectional, False), ("proj_size", proj_size, 0)) if v != default]
+        if todo:
+            raise NotImplementedError(f"{', '.join(todo)}: only the default is implemented yet")
+        I, H = int(input_size), int(hidden_size)
+        # the parameters, and the float64 draws they are cast from
+        _check_memory("input_size, hidden_size", 4 * H * (I + H + 2) * (8 + dt.itemsize),
+                      f"the parameters of LSTM({I}, {H})")
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as e:
+            raise (TypeError if isinstance(e, TypeError) else ValueError)(f"seed: {e}") from None
+        self.input_size, self.hidden_size = I, H
+        self.num_layers, self.bias, self.batch_first = 1, bias, batch_first
         self.dtype = dt
-        I, H = self.input_size, self.hidden_size
-        rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)
         self._shapes = {"weight_ih_l0": (4 * H, I), "weight_hh_l0": (4 * H, H)}
         if self.bias:
@@ -72,8 +93,8 @@ class LSTM:
                             f"{type(state).__name__}")
         missing = [k for k in self._shapes if k not in state]
         unexpected = [k for k in state if k not in self._shapes]
-        if strict and (missing or unexpected):
-            raise KeyError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        if _flag("strict", strict) and (missing or unexpected):
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
         new = {}
         for name in self._shapes:
             if name not in state:
@@ -90,9 +111,7 @@ class LSTM:
     # ---- forward / backward ----
     def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None
                  ) -> tuple[np.ndarray, Array | None, Array | None, bool]:
-        xa = _float_array("x", x)
-        if xa.dtype != self.dtype:
-            raise TypeError(f"x: dtype {xa.dtype} does not match the layer's {self.dtype}")
+        xa = _float_array("x", x, self.dtype, "the layer")
         unbatched = xa.ndim == 2
         if unbatched:
             xa = xa[:, None] if not self.batch_first else xa[None]
@@ -110,7 +129,7 @@ class LSTM:
             want = (1, self.hidden_size) if unbatched else (1, B, self.hidden_size)
             st = []
             for nm, s in zip(("h0", "c0"), hx):
-                sa = _float_array(nm, s, self.dtype)
+                sa = _float_array(nm, s, self.dtype, "the layer")
                 if sa.shape != want:
                     raise ValueError(f"{nm}: expected shape [num_layers, "
                                      f"{'' if unbatched else 'B, '}H] = {want}, got {sa.shape}")
@@ -162,7 +181,7 @@ class LSTM:
             raise ValueError("tape: it was not made by this layer's forward_train")
         unbatched = tape._unbatched
         if dy is not None:
-            dya = _float_array("dy", dy, self.dtype)
+            dya = _float_array("dy", dy, self.dtype, "the layer")
             want = y_shape = ((c.B, c.T, c.H) if self.batch_first else (c.T, c.B, c.H))
             if unbatched:
                 want = (c.T, c.H)
@@ -175,7 +194,7 @@ class LSTM:
             if s is None:
                 st.append(None)
                 continue
-            sa = _float_array(nm, s, self.dtype)
+            sa = _float_array(nm, s, self.dtype, "the layer")
             if sa.shape != sdesc:
                 raise ValueError(f"{nm}: expected the shape of {nm[1:]}, {sdesc}, got {sa.shape}")
             st.append(sa.reshape(c.B, c.H))

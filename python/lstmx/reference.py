@@ -20,15 +20,22 @@ Two parameter layouts are provided:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+# The argument checks of the public API, so that the oracle refuses bad input the same way.
+from .functional import (_call_dtype, _check_args, _check_memory, _check_weights, _expect_shape,
+                         _float_array, _grad_array)
 
 GATES = ("i", "f", "g", "o")
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function, without overflow for any input."""
+    """Logistic function, without overflow for any input (float32 or float64)."""
+    z = _float_array("z", z)
+    _check_memory("z", 4 * z.nbytes, f"the sigmoid of {z.size} numbers")
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
@@ -38,17 +45,15 @@ def lstm_forward(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
                  h0: np.ndarray | None = None, c0: np.ndarray | None = None,
                  batch_first: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Returns ``(y, h_n, c_n, cache)``; shapes as in :mod:`lstmx.functional`."""
+    a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training=True)
+    x, w_ih, w_hh, batch_first = a.x, a.w_ih, a.w_hh, bool(batch_first)
     if batch_first:
         x = x.swapaxes(0, 1)
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    b = np.zeros(4 * H, x.dtype)
-    if b_ih is not None:
-        b = b + b_ih
-    if b_hh is not None:
-        b = b + b_hh
-    h = np.zeros((B, H), x.dtype) if h0 is None else h0
-    c = np.zeros((B, H), x.dtype) if c0 is None else c0
+    b = np.zeros(4 * H, x.dtype) if a.bias is None else a.bias
+    h = np.zeros((B, H), x.dtype) if a.h0 is None else a.h0
+    c = np.zeros((B, H), x.dtype) if a.c0 is None else a.c0
     hs, cs, gates = [h], [c], []
     for t in range(T):
         z = x[t] @ w_ih.T + h @ w_hh.T + b
@@ -63,7 +68,7 @@ def lstm_forward(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
         gates.append((i, f, g, o))
     y = np.stack(hs[1:]) if T else np.zeros((0, B, H), x.dtype)
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, hs=hs, cs=cs, gates=gates,
-                 batch_first=batch_first, has_bias=b_ih is not None or b_hh is not None)
+                 batch_first=batch_first, has_bias=a.has_bias)
     return (y.swapaxes(0, 1) if batch_first else y), h, c, cache
 
 
@@ -73,11 +78,19 @@ def lstm_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = 
 
     Returns a dict with ``dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh``.
     """
+    if not (isinstance(cache, dict) and _CACHE_KEYS <= cache.keys()):
+        raise TypeError(f"cache: expected the cache dict from lstm_forward, got "
+                        f"{type(cache).__name__}")
     x, w_ih, w_hh = cache["x"], cache["w_ih"], cache["w_hh"]
     hs, cs, gates = cache["hs"], cache["cs"], cache["gates"]
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    if dy is not None and cache["batch_first"]:
+    bf = cache["batch_first"]
+    dy = _grad_array("dy", dy, (B, T, H) if bf else (T, B, H), "[B, T, H]" if bf else "[T, B, H]",
+                     x.dtype)
+    dh_n = _grad_array("dh_n", dh_n, (B, H), "[B, H]", x.dtype)
+    dc_n = _grad_array("dc_n", dc_n, (B, H), "[B, H]", x.dtype)
+    if dy is not None and bf:
         dy = dy.swapaxes(0, 1)
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
@@ -107,16 +120,40 @@ def lstm_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = 
                 db_ih=db if has_bias else None, db_hh=db.copy() if has_bias else None)
 
 
+_CACHE_KEYS = {"x", "w_ih", "w_hh", "hs", "cs", "gates", "batch_first", "has_bias"}
+
+
 # ---- the seeds' formulation ------------------------------------------------------------------
+
+
+def _seed_params(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Checked per-gate parameters: ``W_k [H + I, H]`` and ``b_k [H]``, one dtype."""
+    keys = [f"{w}_{g}" for w in "Wb" for g in GATES]
+    if not isinstance(p, Mapping) or any(k not in p for k in keys):
+        raise TypeError(f"p: expected a mapping with the keys {', '.join(keys)}")
+    w = _float_array("p['W_i']", p["W_i"])
+    if w.ndim != 2 or w.shape[0] < w.shape[1]:
+        raise ValueError(f"p['W_i']: expected shape [H + I, H], got {w.shape}")
+    out = {k: _float_array(f"p['{k}']", p[k], w.dtype, "p['W_i']") for k in keys}
+    for k in keys:
+        _expect_shape(f"p['{k}']", out[k], w.shape if k[0] == "W" else w.shape[1:],
+                      "[H + I, H]" if k[0] == "W" else "[H]")
+    return out
 
 
 def to_seed_params(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None = None,
                    b_hh: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """lstmx/PyTorch layout to per-gate ``W_k [H + I, H]`` applied to ``[h_{t-1}, x_t]``."""
-    H = w_hh.shape[1]
+    dt, src = _call_dtype(("w_ih", w_ih), ("w_hh", w_hh))
+    w_ih, w_hh = _float_array("w_ih", w_ih, dt, src), _float_array("w_hh", w_hh, dt, src)
+    if w_ih.ndim != 2:
+        raise ValueError(f"w_ih: expected shape [4H, I], got {w_ih.shape}")
+    H = _check_weights(w_ih, w_hh, w_ih.shape[1])
     b = np.zeros(4 * H, w_ih.dtype)
-    for bb in (b_ih, b_hh):
+    for name, bb in (("b_ih", b_ih), ("b_hh", b_hh)):
         if bb is not None:
+            bb = _float_array(name, bb, dt, src)
+            _expect_shape(name, bb, (4 * H,), "[4H]")
             b = b + bb
     p = {}
     for k, name in enumerate(GATES):
@@ -129,6 +166,7 @@ def to_seed_params(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None =
 def from_seed_params(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                          np.ndarray]:
     """Per-gate seed layout back to ``(w_ih, w_hh, b_ih, b_hh)``; ``b_hh`` is zero."""
+    p = _seed_params(p)
     H = p["W_i"].shape[1]
     w_hh = np.concatenate([p[f"W_{n}"][:H].T for n in GATES], axis=0)
     w_ih = np.concatenate([p[f"W_{n}"][H:].T for n in GATES], axis=0)
@@ -142,10 +180,18 @@ def seed_lstm_forward(x: np.ndarray, p: dict[str, np.ndarray], h0: np.ndarray | 
 
     ``x [T, B, I]``; returns ``(y, h_n, c_n)``.
     """
+    p = _seed_params(p)
+    H, dt = p["W_i"].shape[1], p["W_i"].dtype
+    I = p["W_i"].shape[0] - H
+    x = _float_array("x", x, dt, "p")
+    if x.ndim != 3 or x.shape[2] != I:
+        raise ValueError(f"x: expected shape [T, B, I] with I = {I} (from p), got {x.shape}")
     T, B, _ = x.shape
-    H = p["W_i"].shape[1]
-    h = np.zeros((B, H), x.dtype) if h0 is None else h0
-    c = np.zeros((B, H), x.dtype) if c0 is None else c0
+    _check_memory("x", T * B * (I + 6 * H) * dt.itemsize, f"T*B = {T * B} rows with H = {H}")
+    h, c = (np.zeros((B, H), dt) if s is None else _float_array(n, s, dt, "p")
+            for n, s in (("h0", h0), ("c0", c0)))
+    _expect_shape("h0", h, (B, H), "[B, H]")
+    _expect_shape("c0", c, (B, H), "[B, H]")
     ys = []
     for t in range(T):
         concat = np.concatenate([h, x[t]], axis=1)
