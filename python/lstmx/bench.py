@@ -1236,8 +1236,9 @@ def report(res: Results, header: str, targets: list[Target] | None) -> None:
             print("\n" + text)
     noisy = list(dict.fromkeys(what for what, t in res.timings() if _noisy(t)))
     if noisy:
+        more = f", and {len(noisy) - 8} more (other_cpus in the JSON)" if len(noisy) > 8 else ""
         print(f"\nnote: other processes used over {BUSY_NOTE} CPUs during {len(noisy)} "
-              f"measurement(s), which are unreliable: {', '.join(noisy)}")
+              f"measurement(s), which are unreliable: {', '.join(noisy[:8])}{more}")
     sys.stdout.flush()
 
 
