@@ -22,8 +22,9 @@ cannot beat one big GEMM of the same FLOP count, because its recurrent half is `
 sequential GEMMs.
 
 With ``--targets`` (the default for ``--configs all``) it also measures lstmx's 1- to 2-thread
-scaling, lstmx against torch in float64, and the peak memory of one training step of each
-(in fresh processes), and ends with the list of targets, each with its number and met / NOT met.
+scaling, lstmx against torch in float64, and the memory of one float32 training step of each
+(the growth of the peak resident set over the step, each in a fresh process), and ends with the
+list of targets, each with its number and met / NOT met.
 
 FLOPs counted: forward ``2*T*B*4H*(I+H)``, training three times that (forward, and two GEMMs
 per weight in backward). Medians are reported, after one warm-up call per measurement.
@@ -1235,8 +1236,9 @@ def report(res: Results, header: str, targets: list[Target] | None) -> None:
             print("\n" + text)
     noisy = list(dict.fromkeys(what for what, t in res.timings() if _noisy(t)))
     if noisy:
+        more = f", and {len(noisy) - 8} more (other_cpus in the JSON)" if len(noisy) > 8 else ""
         print(f"\nnote: other processes used over {BUSY_NOTE} CPUs during {len(noisy)} "
-              f"measurement(s), which are unreliable: {', '.join(noisy)}")
+              f"measurement(s), which are unreliable: {', '.join(noisy[:8])}{more}")
     sys.stdout.flush()
 
 
