@@ -25,7 +25,7 @@ T, B, I, H = 3, 2, 4, 5  # the valid case: small, I != H, 4H = 20
 class Entry:
     """One public call. ``make(dtype)`` returns valid keyword arguments (``self`` for a method
     is passed too but never fuzzed); ``call(**kwargs)`` runs it. ``kinds`` maps each fuzzed
-    argument to its kind (a key of ``fuzz.BAD``); ``optional`` arguments may be None;
+    argument to its kind (a key of ``test_errors.BAD``); ``optional`` arguments may be None;
     ``unimplemented`` ones may raise NotImplementedError naming them (valid but not done yet);
     ``bad`` adds entry-specific invalid values, each made by ``f(kwargs)``."""
 
