@@ -311,8 +311,10 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
                const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  const Index np = panel_count<S>(Panels::Plain, N), ng = std::min<Index>(np, nt);
-  const Index nc = ceil_div(M, kMC);
+  // With a copied A, one group (every panel) unless there are too few chunks to share out:
+  // each group copies its own A blocks, so more groups would copy A more than once.
+  const Index np = panel_count<S>(Panels::Plain, N), nc = ceil_div(M, kMC);
+  const Index ng = !a_rows && nc >= 4 * nt ? 1 : std::min<Index>(np, nt);
   Index i0, i1;
   share(ng * nc, nt, tid, i0, i1);
   for (Index it = i0; it < i1; ++it) {
