@@ -544,7 +544,7 @@ void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S
   };
   S* gates = cache ? cache->gates.data() : scratch.data();  // [rows, 4H]
   const double flops = 2.0 * N * G * (I + H);
-  const Index dt = d.row0(1) - d.row0(0);  // rows from step t to step t+1
+  const Index dt = d.rnext();  // rows from step t to step t+1
   with_team(threads, np, flops, [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(Tc * B * W); });
@@ -620,7 +620,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, S* dh0, S* d
   const Index T = d.T, B = d.B, H = d.H, G = 4 * H, rs = d.rstride();
   const Index np = panel_count<S>(Panels::Plain, H);  // W_hh panels: 4V units, K = 4H
   Buf<S> wh(np * G * W);
-  const Index dt = d.row0(1) - d.row0(0);  // rows from step t to step t+1
+  const Index dt = d.rnext();  // rows from step t to step t+1
   with_team(threads, np, 2.0 * T * B * G * H, [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });

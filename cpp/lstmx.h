@@ -60,6 +60,7 @@ struct Dims {
   bool batch_first = false;
   Index row0(Index t) const { return batch_first ? t : t * B; }  // first row of step t
   Index rstride() const { return batch_first ? T : 1; }          // rows between batch entries
+  Index rnext() const { return batch_first ? 1 : B; }            // rows from step t to t+1
 };
 
 // Which implementation to run. Naive is the plain reference (Eigen GEMMs, scalar cell loops,
