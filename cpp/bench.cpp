@@ -184,11 +184,12 @@ Times time_config(const lstmx::KernelTable<S>& kt, const Config& c, int threads,
   const auto y = buffer<S>(N * c.H), h_n = buffer<S>(c.B * c.H), c_n = buffer<S>(c.B * c.H);
   const auto dx = buffer<S>(N * c.I), dh0 = buffer<S>(c.B * c.H), dc0 = buffer<S>(c.B * c.H);
   const auto dw_ih = buffer<S>(G * c.I), dw_hh = buffer<S>(G * c.H), db = buffer<S>(G);
-  const std::unique_ptr<lstmx::Cache<S>, void (*)(lstmx::Cache<S>*)> cache(kt.cache_new(d),
+  const lstmx::Options<S> opt;  // the plain LSTM
+  const std::unique_ptr<lstmx::Cache<S>, void (*)(lstmx::Cache<S>*)> cache(kt.cache_new(d, opt),
                                                                           kt.cache_free);
 
   auto forward = [&](lstmx::Cache<S>* cc) {
-    kt.forward(Kernel::Fast, threads, d, x.get(), w_ih.get(), w_hh.get(), bias.get(), nullptr,
+    kt.forward(Kernel::Fast, threads, d, opt, x.get(), w_ih.get(), w_hh.get(), bias.get(), nullptr,
                nullptr, y.get(), h_n.get(), c_n.get(), cc);
   };
   Times r;
@@ -197,7 +198,7 @@ Times time_config(const lstmx::KernelTable<S>& kt, const Config& c, int threads,
       [&] {
         forward(cache.get());
         kt.backward(Kernel::Fast, threads, *cache, dy.get(), nullptr, nullptr, dx.get(),
-                    dh0.get(), dc0.get(), dw_ih.get(), dw_hh.get(), db.get());
+                    dh0.get(), dc0.get(), dw_ih.get(), dw_hh.get(), db.get(), nullptr);
       },
       repeats);
   return r;

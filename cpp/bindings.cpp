@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "dispatch.h"
@@ -94,19 +95,51 @@ const lstmx::KernelTable<double>& table(const lstmx::Backend& b) { return b.f64;
 template <typename S>
 struct Cache {
   Dims d;
+  bool peephole;
   const lstmx::KernelTable<S>* k;
   lstmx::Cache<S>* p;
-  Cache(const Dims& dims, const lstmx::KernelTable<S>& kt) : d(dims), k(&kt), p(kt.cache_new(dims)) {}
+  Cache(const Dims& dims, const lstmx::Options<S>& o, const lstmx::KernelTable<S>& kt)
+      : d(dims), peephole(o.peephole), k(&kt), p(kt.cache_new(dims, o)) {}
   ~Cache() { k->cache_free(p); }
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
   std::size_t nbytes() const { return k->cache_nbytes(p); }
 };
 
+// The variants of one call (lstmx.h, Options), as passed by lstmx.functional.
+struct Variant {
+  py::object lengths = py::none(), peephole = py::none();
+  bool reverse = false, input_forget = false;
+  double clip = 0, zoneout_h = 0, zoneout_c = 0, recurrent_dropout = 0;
+  std::uint64_t seed = 0, stream = 0;
+};
+
+template <typename S>
+lstmx::Options<S> options(const Variant& v, const Dims& d) {
+  lstmx::Options<S> o;
+  if (!v.lengths.is_none()) {
+    if (!py::isinstance<py::array_t<std::int64_t>>(v.lengths))
+      throw py::type_error("lengths: expected a numpy array of int64");
+    o.lengths = in_ptr<std::int64_t>(v.lengths, "lengths", {d.B});
+  }
+  o.peephole = in_ptr<S>(v.peephole, "peephole", {3, d.H});
+  for (auto [name, p, hi] : {std::tuple{"zoneout_h", v.zoneout_h, 1.0},
+                             std::tuple{"zoneout_c", v.zoneout_c, 1.0},
+                             std::tuple{"recurrent_dropout", v.recurrent_dropout, 0.0}})
+    if (!(p >= 0 && (p < 1 || p <= hi)))
+      throw py::value_error(std::string(name) + ": expected a probability in [0, 1" +
+                            (hi ? "]" : ")") + ", got " + std::to_string(p));
+  if (!(v.clip >= 0)) throw py::value_error("clip: expected a positive number or 0 (none)");
+  o.reverse = v.reverse, o.clip = S(v.clip), o.input_forget = v.input_forget;
+  o.zoneout_h = v.zoneout_h, o.zoneout_c = v.zoneout_c, o.recurrent_dropout = v.recurrent_dropout;
+  o.seed = v.seed, o.stream = v.stream;
+  return o;
+}
+
 template <typename S>
 py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_hh,
                   const py::object& bias, const py::object& h0, const py::object& c0,
-                  bool batch_first, bool training, bool naive) {
+                  bool batch_first, bool training, bool naive, const Variant& v) {
   if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array");
   if (w_hh.ndim() != 2) throw py::value_error("w_hh: expected a 2-D array");
   Dims d;
@@ -120,6 +153,7 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   const S* pb = in_ptr<S>(bias, "bias", {4 * d.H});
   const S* ph0 = in_ptr<S>(h0, "h0", {d.B, d.H});
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
+  const lstmx::Options<S> opt = options<S>(v, d);
   auto y = out<S>({x.shape(0), x.shape(1), d.H});
   auto hn = out<S>({d.B, d.H}), cn = out<S>({d.B, d.H});
   S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
@@ -127,9 +161,9 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   {
     py::gil_scoped_release nogil;
     const auto& kt = table<S>(lstmx::backend());
-    if (training) cache = std::make_shared<Cache<S>>(d, kt);
-    kt.forward(kernel_of(naive), lstmx::num_threads(), d, px, pwih, pwhh, pb, ph0, pc0, py_, phn,
-               pcn, cache ? cache->p : nullptr);
+    if (training) cache = std::make_shared<Cache<S>>(d, opt, kt);
+    kt.forward(kernel_of(naive), lstmx::num_threads(), d, opt, px, pwih, pwhh, pb, ph0, pc0, py_,
+               phn, pcn, cache ? cache->p : nullptr);
   }
   return py::make_tuple(y, hn, cn, cache ? py::cast(cache) : py::none());
 }
@@ -147,15 +181,22 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   auto dh0 = out<S>({d.B, d.H}), dc0 = out<S>({d.B, d.H});
   auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, d.H});
   auto db = out<S>({4 * d.H});
+  py::object dpeep = py::none();
+  S* p6 = nullptr;
+  if (cache.peephole) {
+    auto a = out<S>({3, d.H});
+    p6 = a.mutable_data();
+    dpeep = a;
+  }
   S *p0 = dx.mutable_data(), *p1 = dh0.mutable_data(), *p2 = dc0.mutable_data();
   S *p3 = dwih.mutable_data(), *p4 = dwhh.mutable_data(), *p5 = db.mutable_data();
   {
     py::gil_scoped_release nogil;
     // The cache's own module runs backward, whatever ISA is active now.
     cache.k->backward(kernel_of(naive), lstmx::num_threads(), *cache.p, pdy, pdhn, pdcn, p0, p1,
-                      p2, p3, p4, p5);
+                      p2, p3, p4, p5, p6);
   }
-  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db);
+  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep);
 }
 
 template <typename S>
@@ -181,11 +222,16 @@ void bind_dtype(py::module_& m, const char* cache_name) {
 
 py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array& w_hh,
                       const py::object& bias, const py::object& h0, const py::object& c0,
-                      bool batch_first, bool training, bool naive) {
+                      bool batch_first, bool training, bool naive, const py::object& lengths,
+                      bool reverse, const py::object& peephole, double clip, bool input_forget,
+                      double zoneout_h, double zoneout_c, double recurrent_dropout,
+                      std::uint64_t seed, std::uint64_t stream) {
+  const Variant v{lengths, peephole, reverse, input_forget, clip, zoneout_h, zoneout_c,
+                  recurrent_dropout, seed, stream};
   if (py::isinstance<py::array_t<float>>(x))
-    return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive);
+    return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
   if (py::isinstance<py::array_t<double>>(x))
-    return forward<double>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive);
+    return forward<double>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
   throw py::type_error("x: expected a numpy array of float32 or float64");
 }
 
@@ -197,7 +243,11 @@ PYBIND11_MODULE(_core, m) {
   bind_dtype<double>(m, "Cache_f64");
   m.def("forward", &forward_any, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
-        py::arg("training"), py::arg("naive") = false);
+        py::arg("training"), py::arg("naive") = false, py::kw_only(),
+        py::arg("lengths") = py::none(), py::arg("reverse") = false,
+        py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
+        py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
+        py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0);
   m.attr("max_threads") = kMaxThreads;
   m.def("set_num_threads", [](long long n) {
     if (n < 1 || n > kMaxThreads)  // more would only risk failing to create threads

@@ -13,6 +13,8 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -298,8 +300,8 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   }
 }
 
-// C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n]: this
-// thread's share. A(m, k) = a[m * sam + k], or with a_rows false A(m, k) = a[k * sam + m]: then
+// C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n] (or
+// c[crow[m] * ldc + n]): this thread's share. A(m, k) = a[m * sam + k], or with a_rows false A(m, k) = a[k * sam + m]: then
 // each block of A is first copied, k-major, into ap [kKC x kMC] (per-thread scratch), because
 // walking down its columns would thrash the L1. Panels are cut into one group per thread (fewer if there
 // are fewer panels) and rows into chunks of kMC; an item is (group, chunk). Within an item, K
@@ -308,7 +310,8 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
 // split.
 template <typename S>
 void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam,
-               const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr) {
+               const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr,
+               const Index* crow = nullptr) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   // With a copied A, one group (every panel) unless there are too few chunks to share out:
@@ -317,6 +320,7 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
   const Index ng = !a_rows && nc >= 4 * nt ? 1 : std::min<Index>(np, nt);
   Index i0, i1;
   share(ng * nc, nt, tid, i0, i1);
+  auto crow_ = [&](Index m) { return c + (crow ? crow[m] : m) * ldc; };  // row m of C
   for (Index it = i0; it < i1; ++it) {
     const Index g = it / nc, m0 = it % nc * kMC, m1 = std::min(M, m0 + kMC);
     for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
@@ -338,14 +342,14 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
               ar[r] = a_rows ? a + (m + r) * sam + k0 : ap + (m - m0 + r);
 #pragma GCC unroll 4
               for (int q = 0; q < 4; ++q)
-                acc[r][q] = k0 && nv[q] ? load(c + (m + r) * ldc + n0 + q * V, nv[q]) : ei::pzero(P());
+                acc[r][q] = k0 && nv[q] ? load(crow_(m + r) + n0 + q * V, nv[q]) : ei::pzero(P());
             }
             microkernel<S, R>(kb, ar, a_rows ? 1 : kMC, bpk + (p * K + k0) * W, acc);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
               for (int q = 0; q < 4; ++q)
-                if (nv[q]) store(c + (m + r) * ldc + n0 + q * V, acc[r][q], nv[q]);
+                if (nv[q]) store(crow_(m + r) + n0 + q * V, acc[r][q], nv[q]);
           });
       }
     }
@@ -354,64 +358,159 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
 
 template <typename S>
 inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }  // exp overflow gives 0: stable
+
+// The masks' counter-based hash (lstmx.h): a uniform number in [0, 1) with 24 bits, exact in
+// float32, from (seed, stream, idx). reference.uniform computes the same numbers.
+inline double uniform(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
+  std::uint64_t z = seed + (stream + 1) * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 40) * 0x1p-24;
+}
+
+enum Stream : std::uint64_t { kZoneoutC = 0, kZoneoutH = 1, kRecurrentDropout = 2 };
+
+// Zoneout mask of step s, user entry b, units [j0, j0 + nv): 1 (keep the old state) with
+// probability p in training; the constant p in inference.
+template <typename S>
+EIGEN_ALWAYS_INLINE Pk<S> zoneout(const Options<S>& o, Stream st, bool training, double p, Index s,
+                                  Index B, Index b, Index H, Index j0, Index nv) {
+  if (!training) return ei::pset1<Pk<S>>(S(p));
+  alignas(64) S m[kV<S>] = {};
+  const std::uint64_t base = std::uint64_t((s * B + b) * H + j0);
+  for (Index v = 0; v < nv; ++v) m[v] = uniform(o.seed, o.stream + st, base + v) < p ? S(1) : S(0);
+  return ei::pload<Pk<S>>(m);
+}
+
+// The recurrent-dropout mask [B, H] (user entries): 1/(1-p) with probability 1-p, else 0. Empty
+// when there is none.
+template <typename S>
+Mat<S> dropout_mask(const Options<S>& o, Index B, Index H, bool training) {
+  Mat<S> m;
+  if (!training || o.recurrent_dropout == 0) return m;
+  m.resize(B, H);
+  const S keep = S(1 / (1 - o.recurrent_dropout));
+  for (Index i = 0; i < B * H; ++i)
+    m.data()[i] = uniform(o.seed, o.stream + kRecurrentDropout, std::uint64_t(i)) >=
+                  o.recurrent_dropout ? keep : S(0);
+  return m;
+}
+
+// 1 where a clipped gate's activation a lies strictly inside (lo, hi), the activations of
+// -clip and clip: there the clamp passed its input through; 0 where it clamped it.
+template <typename P>
+EIGEN_ALWAYS_INLINE P inside(const P& a, const P& lo, const P& hi) {
+  return ei::pand(ei::pcmp_lt(lo, a), ei::pcmp_lt(a, hi));
+}
 }  // namespace
 
-// ---- Cache ------------------------------------------------------------------------------------
+// ---- The visiting order and the cache -----------------------------------------------------------
+Seq::Seq(const Dims& d, const std::int64_t* lengths, bool reverse)
+    : T(d.T), B(d.B), perm(d.B), len(d.B), n(d.T + 1, 0), off(d.T + 1, 0) {
+  auto L = [&](Index b) { return lengths ? Index(lengths[b]) : T; };
+  for (Index b = 0; b < B; ++b) {
+    if (L(b) < 0 || L(b) > T)
+      throw std::invalid_argument("lengths: expected values in [0, T] = [0, " + std::to_string(T) +
+                                  "], got " + std::to_string(L(b)) + " at index " +
+                                  std::to_string(b));
+    perm[b] = b;
+  }
+  std::stable_sort(perm.begin(), perm.end(), [&](Index a, Index b) { return L(a) > L(b); });
+  for (Index k = 0; k < B; ++k) len[k] = L(perm[k]);
+  for (Index s = 0, k = B; s < T; ++s) {
+    while (k > 0 && len[k - 1] <= s) --k;
+    n[s] = k;
+    off[s + 1] = off[s] + k;
+  }
+  N = off[T];
+  row.resize(N);
+  for (Index s = 0; s < T; ++s)
+    for (Index k = 0; k < n[s]; ++k)
+      row[off[s] + k] = d.row(reverse ? len[k] - 1 - s : s, perm[k]);
+}
+
+std::size_t Seq::nbytes() const {
+  return sizeof(Index) * (perm.size() + len.size() + n.size() + off.size() + row.size());
+}
+
 template <typename S>
-Cache<S>::Cache(const Dims& dims)
+Cache<S>::Cache(const Dims& dims, const Options<S>& o)
     : d(dims),
-      x(dims.T * dims.B, dims.I),
+      opt(o),
+      seq(dims, o.lengths, o.reverse),
+      x(seq.N, dims.I),
       w_ih(4 * dims.H, dims.I),
       w_hh(4 * dims.H, dims.H),
-      gates(dims.T * dims.B, 4 * dims.H),
-      hprev(dims.T * dims.B, dims.H),
-      c(dims.T * dims.B, dims.H),
-      c0(dims.B, dims.H) {}
+      peep(o.peephole ? 3 : 0, dims.H),
+      gates(seq.N, 4 * dims.H),
+      hprev(seq.N, dims.H),
+      c(seq.N, dims.H),
+      c0(dims.B, dims.H) {
+  opt.lengths = nullptr;  // seq holds them
+  opt.peephole = o.peephole ? peep.data() : nullptr;  // filled by begin_forward
+}
 
 template <typename S>
 std::size_t Cache<S>::nbytes() const {
-  return sizeof(S) * std::size_t(x.size() + w_ih.size() + w_hh.size() + gates.size() +
-                                 hprev.size() + c.size() + c0.size());
+  return seq.nbytes() + sizeof(S) * std::size_t(x.size() + w_ih.size() + w_hh.size() +
+                                                peep.size() + gates.size() + hprev.size() +
+                                                c.size() + c0.size());
 }
 
 namespace {
-// Sets h_n, c_n to the initial state and, when training, copies what backward reads into the
-// cache. Returns false when there is nothing to compute (the state then passes through).
+// Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies what
+// backward reads into the cache. Returns false when there is nothing to compute.
 template <typename S>
-bool begin_forward(const Dims& d, const S* x, const S* w_ih, const S* w_hh, const S* h0,
-                   const S* c0, S* h_n, S* c_n, Cache<S>* cache) {
+bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* x, const S* w_ih,
+                   const S* w_hh, const S* h0, const S* c0, const Mat<S>& md, S* y, S* h_n,
+                   S* c_n, Cache<S>* cache) {
   const Index B = d.B, H = d.H;
   Map<S> hn(h_n, B, H), cn(c_n, B, H);  // [B, H]
   if (c0) cn = CMap<S>(c0, B, H); else cn.setZero();
   if (h0) hn = CMap<S>(h0, B, H); else hn.setZero();
-  if (d.T * B == 0 || H == 0) return false;
+  for (Index k = 0; k < B; ++k)  // y past each sequence's end
+    for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * H, H, S(0));
+  if (q.N == 0 || H == 0) return false;
   if (cache) {
-    cache->x = CMap<S>(x, d.T * B, d.I);
+    for (Index p = 0; p < q.N; ++p) cache->x.row(p) = CMap<S>(x + q.row[p] * d.I, 1, d.I);
     cache->w_ih = CMap<S>(w_ih, 4 * H, d.I);
     cache->w_hh = CMap<S>(w_hh, 4 * H, H);
-    cache->c0 = cn;
-    StepMap<S>(cache->hprev.data() + d.row0(0) * H, B, H, Eigen::OuterStride<>(d.rstride() * H)) = hn;
+    if (opt.peephole) cache->peep = CMap<S>(opt.peephole, 3, H);
+    for (Index k = 0; k < B; ++k) {
+      cache->c0.row(k) = cn.row(q.perm[k]);
+      if (k < q.n[0]) {
+        if (md.size()) cache->hprev.row(k) = hn.row(q.perm[k]).cwiseProduct(md.row(q.perm[k]));
+        else cache->hprev.row(k) = hn.row(q.perm[k]);
+      }
+    }
   }
   return true;
 }
 
-// h_n = h_T (the last y row), c_n = c_T (from the cache when training; inference updates c_n
-// in place).
+// h_n, c_n: each sequence's state after its own last step (from y, and from the cache when
+// training; inference updates c_n in place).
 template <typename S>
-void end_forward(const Dims& d, const S* y, S* h_n, S* c_n, const Cache<S>* cache) {
-  const Index B = d.B, H = d.H, ld = d.rstride() * H, r = d.row0(d.T - 1) * H;
-  Map<S>(h_n, B, H) = CStepMap<S>(y + r, B, H, Eigen::OuterStride<>(ld));
-  if (cache) Map<S>(c_n, B, H) = CStepMap<S>(cache->c.data() + r, B, H, Eigen::OuterStride<>(ld));
+void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const Cache<S>* cache) {
+  const Index H = d.H;
+  for (Index k = 0; k < d.B; ++k) {
+    if (q.len[k] == 0) continue;
+    const Index p = q.off[q.len[k] - 1] + k, b = q.perm[k];
+    std::copy_n(y + q.row[p] * H, H, h_n + b * H);
+    if (cache) std::copy_n(cache->c.data() + p * H, H, c_n + b * H);
+  }
 }
 
-// The weight gradients and dx, all big GEMMs over the whole sequence (dG in the layout of x):
+// The weight gradients and dx, all big GEMMs over the N tokens (dG packed):
 //   dx = dG W_ih   dW_ih = dG^T x   dW_hh = dG^T hprev   db = column sums of dG.
+// dx goes to the layout of x (its padding is set to 0 first).
 // The naive version: Eigen, one thread.
 template <typename S>
 void weight_grads_naive(const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih, S* dw_hh,
                         S* db) {
-  const Index N = cache.d.T * cache.d.B, I = cache.d.I, H = cache.d.H, G = 4 * H;
-  Map<S>(dx, N, I).noalias() = dG * cache.w_ih;
+  const Index I = cache.d.I, H = cache.d.H, G = 4 * H;
+  const Mat<S> dxp = dG * cache.w_ih;  // [N, I]
+  for (Index p = 0; p < cache.seq.N; ++p) Map<S>(dx + cache.seq.row[p] * I, 1, I) = dxp.row(p);
   Map<S>(dw_ih, G, I).noalias() = dG.transpose() * cache.x;
   Map<S>(dw_hh, G, H).noalias() = dG.transpose() * cache.hprev;
   Map<S>(db, 1, G) = dG.colwise().sum();
@@ -423,25 +522,28 @@ template <typename S>
 void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih,
                        S* dw_hh, S* db) {
   constexpr Index W = 4 * kV<S>;
-  const Index N = cache.d.T * cache.d.B, I = cache.d.I, H = cache.d.H, G = 4 * H;
+  const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H;
   const Index npi = panel_count<S>(Panels::Plain, I), nph = panel_count<S>(Panels::Plain, H);
   Buf<S> pk(std::max({npi * G, npi * N, nph * N}) * W);  // packed right-hand side
-  const S* dg = dG.data();                                // [T*B, 4H]
+  const S* dg = dG.data();                                // [N, 4H]
   with_team(threads, npi + nph, 2.0 * N * G * (2 * I + H), [&](int tid, int nt, Errors& err) {
     Buf<S> ap;  // this thread's copy of a block of dG^T
     err.run([&] { ap.resize(kKC<S> * kMC); });
     // C[M, n] = A B, A = dG (a_rows) or dG^T, B(k, n) = b[k * ldb + n] (K x n) packed first.
-    auto product = [&](Index M, Index n, Index K, bool a_rows, const S* b, Index ldb, S* c) {
+    auto product = [&](Index M, Index n, Index K, bool a_rows, const S* b, Index ldb, S* c,
+                       const Index* crow) {
       Index p0, p1;
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
       err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
       barrier();
-      err.run([&] { gemm_part<S>(tid, nt, M, n, K, dg, G, pk.data(), c, n, a_rows, ap.data()); });
+      err.run([&] {
+        gemm_part<S>(tid, nt, M, n, K, dg, G, pk.data(), c, n, a_rows, ap.data(), crow);
+      });
       barrier();  // before pk is packed again
     };
-    product(N, I, G, true, cache.w_ih.data(), I, dx);        // dx [T*B, I] = dG W_ih
-    product(G, I, N, false, cache.x.data(), I, dw_ih);       // dW_ih [4H, I] = dG^T x
-    product(G, H, N, false, cache.hprev.data(), H, dw_hh);   // dW_hh [4H, H] = dG^T hprev
+    product(N, I, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dx = dG W_ih
+    product(G, I, N, false, cache.x.data(), I, dw_ih, nullptr);       // dW_ih [4H, I] = dG^T x
+    product(G, H, N, false, cache.hprev.data(), H, dw_hh, nullptr);   // dW_hh [4H, H] = dG^T hprev
     Index c0, c1;  // db: this thread's columns
     share(G, nt, tid, c0, c1);
     err.run([&] {  // rows in order, whatever the split: the sums do not depend on it
@@ -453,99 +555,102 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* 
 }
 
 // ---- Naive reference: Eigen GEMMs, scalar cell loops, one thread ------------------------------
+// The plain cell only (any lengths and direction).
 template <typename S>
-void forward_naive(const Dims& d, const S* x, const S* w_ih, const S* w_hh, const S* bias,
-                   const S* h0, S* y, S* c_n, Cache<S>* cache) {
-  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, rs = d.rstride();
+void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const S* w_hh,
+                   const S* bias, S* y, const S* h_n, S* c_n, Cache<S>* cache) {
+  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N;
   FlushDenormals ftz;
-  Mat<S> scratch;
-  if (!cache) scratch.resize(T * B, G);
-  S* gates = cache ? cache->gates.data() : scratch.data();  // [T*B, 4H]
-  Map<S>(gates, T * B, G).noalias() =
-      CMap<S>(x, T * B, d.I) * CMap<S>(w_ih, G, d.I).transpose();
-  for (Index t = 0; t < T; ++t) {
-    const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H]
-    const Index ldh = t ? rs * H : H;
-    S* gt = gates + d.row0(t) * G;
-    if (hp)
-      StepMap<S>(gt, B, G, Eigen::OuterStride<>(rs * G)).noalias() +=
-          CStepMap<S>(hp, B, H, Eigen::OuterStride<>(ldh)) * CMap<S>(w_hh, G, H).transpose();
-    const S* cp = !cache ? c_n : t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
-    const Index ldcp = cache && t ? rs * H : H;
-    S* ct = cache ? cache->c.data() + d.row0(t) * H : c_n;
-    const Index ldc = cache ? rs * H : H;
-    for (Index b = 0; b < B; ++b) {
-      S* gb = gt + b * rs * G;  // gates i, f, g, o at +0, +H, +2H, +3H
+  Mat<S> xs, scratch;  // inference: x and the gates, packed
+  if (!cache) {
+    xs.resize(N, d.I), scratch.resize(N, G);
+    for (Index p = 0; p < N; ++p) xs.row(p) = CMap<S>(x + q.row[p] * d.I, 1, d.I);
+  }
+  S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H]
+  Map<S>(gates, N, G).noalias() =
+      (cache ? cache->x : xs) * CMap<S>(w_ih, G, d.I).transpose();
+  Mat<S> cs(B, H), hp(B, H);  // c_{t-1} and h_{t-1} of each entry
+  for (Index k = 0; k < B; ++k) cs.row(k) = Map<S>(c_n + q.perm[k] * H, 1, H);
+  for (Index s = 0; s < T; ++s) {
+    const Index Bs = q.n[s], p0 = q.off[s];
+    for (Index k = 0; k < Bs; ++k)
+      hp.row(k) = CMap<S>(s ? y + q.row[q.off[s - 1] + k] * H : h_n + q.perm[k] * H, 1, H);
+    Map<S>(gates + p0 * G, Bs, G).noalias() += hp.topRows(Bs) * CMap<S>(w_hh, G, H).transpose();
+    for (Index k = 0; k < Bs; ++k) {
+      S* gb = gates + (p0 + k) * G;  // gates i, f, g, o at +0, +H, +2H, +3H
       for (Index j = 0; j < H; ++j) {
         S zi = gb[j], zf = gb[H + j], zg = gb[2 * H + j], zo = gb[3 * H + j];
         if (bias) zi += bias[j], zf += bias[H + j], zg += bias[2 * H + j], zo += bias[3 * H + j];
         const S i = sigmoid(zi), f = sigmoid(zf), gg = std::tanh(zg), o = sigmoid(zo);
-        const S c = f * cp[b * ldcp + j] + i * gg;
+        const S c = f * cs(k, j) + i * gg;
         gb[j] = i, gb[H + j] = f, gb[2 * H + j] = gg, gb[3 * H + j] = o;
-        ct[b * ldc + j] = c;
-        y[(d.row0(t) + b * rs) * H + j] = o * std::tanh(c);
+        cs(k, j) = c;
+        if (cache) cache->c(p0 + k, j) = c;
+        y[q.row[p0 + k] * H + j] = o * std::tanh(c);
       }
+      if (cache && s + 1 < T && k < q.n[s + 1])  // h_t is step t+1's h_{t-1}
+        cache->hprev.row(q.off[s + 1] + k) = CMap<S>(y + q.row[p0 + k] * H, 1, H);
     }
-    if (cache && t + 1 < T)  // h_t is step t+1's h_{t-1}
-      StepMap<S>(cache->hprev.data() + d.row0(t + 1) * H, B, H, Eigen::OuterStride<>(rs * H)) =
-          CStepMap<S>(y + d.row0(t) * H, B, H, Eigen::OuterStride<>(rs * H));
   }
+  for (Index k = 0; k < B; ++k) Map<S>(c_n + q.perm[k] * H, 1, H) = cs.row(k);
 }
 
+// dhs, dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit.
 template <typename S>
-void backward_naive(const Cache<S>& cache, const S* dy, S* dh0, S* dc, Mat<S>& dG) {
+void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs, Mat<S>& dG) {
   const Dims& d = cache.d;
-  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, rs = d.rstride();
+  const Seq& q = cache.seq;
+  const Index H = d.H, G = 4 * H;
   FlushDenormals ftz;
-  Map<S> dh(dh0, B, H);  // dL/dh_t through the recurrence; holds dh_n on entry, dh_0 on exit
-  for (Index t = T - 1; t >= 0; --t) {
-    if (t < T - 1)
-      dh.noalias() = CStepMap<S>(dG.data() + d.row0(t + 1) * G, B, G, Eigen::OuterStride<>(rs * G)) *
-                     cache.w_hh;
-    const S* cp = t ? cache.c.data() + d.row0(t - 1) * H : cache.c0.data();
-    const Index ldcp = t ? rs * H : H;
-    for (Index b = 0; b < B; ++b) {
-      const Index row = d.row0(t) + b * rs;
-      const S* gb = cache.gates.data() + row * G;
-      S* db = dG.data() + row * G;
+  for (Index s = d.T - 1; s >= -1; --s) {
+    const Index m = q.n[s + 1];  // entries that step s + 1 reads: dh = dG_{s+1} W_hh
+    if (m) dhs.topRows(m).noalias() = CMap<S>(dG.data() + q.off[s + 1] * G, m, G) * cache.w_hh;
+    if (s < 0) break;
+    for (Index k = 0; k < q.n[s]; ++k) {
+      const Index p = q.off[s] + k;
+      const S* gb = cache.gates.data() + p * G;
+      const S* cp = s ? cache.c.data() + (q.off[s - 1] + k) * H : cache.c0.data() + k * H;
+      S* db = dG.data() + p * G;
       for (Index j = 0; j < H; ++j) {
         const S i = gb[j], f = gb[H + j], gg = gb[2 * H + j], o = gb[3 * H + j];
-        const S tc = std::tanh(cache.c.data()[row * H + j]);
-        const S dht = dh(b, j) + (dy ? dy[row * H + j] : S(0));
-        const S dct = dc[b * H + j] + dht * o * (S(1) - tc * tc);
+        const S tc = std::tanh(cache.c(p, j));
+        const S dht = dhs(k, j) + (dy ? dy[q.row[p] * H + j] : S(0));
+        const S dct = dcs(k, j) + dht * o * (S(1) - tc * tc);
         db[j] = dct * gg * i * (S(1) - i);
-        db[H + j] = dct * cp[b * ldcp + j] * f * (S(1) - f);
+        db[H + j] = dct * cp[j] * f * (S(1) - f);
         db[2 * H + j] = dct * i * (S(1) - gg * gg);
         db[3 * H + j] = dht * tc * o * (S(1) - o);
-        dc[b * H + j] = dct * f;
+        dcs(k, j) = dct * f;
       }
     }
   }
-  dh.noalias() = CStepMap<S>(dG.data() + d.row0(0) * G, B, G, Eigen::OuterStride<>(rs * G)) *
-                 cache.w_hh;
 }
 
 // ---- Fast: packed weights, fused microkernel epilogues, one barrier a step -----------------------
 template <typename S>
-void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S* w_hh,
-                  const S* bias, const S* h0, S* y, S* c_n, Cache<S>* cache) {
+void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& opt, const S* x,
+                  const S* w_ih, const S* w_hh, const S* bias, const S* h0, const Mat<S>& md,
+                  S* y, const S* h_n, S* c_n, Cache<S>* cache) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, N = T * B, rs = d.rstride();
+  const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
   const Index np = panel_count<S>(Panels::Gates, G);  // panels: V units, 4 gates each
-  // The input projection is computed Tc steps at a time (about kMC rows), just before those
-  // steps, by the thread that owns the units: it stays in L2, and inference needs no [T*B, 4H]
-  // buffer. Training writes it into the cache's gates, where the step puts the activations.
+  // The input projection is computed Tc steps at a time (at most kMC tokens), just before
+  // those steps, by the thread that owns the units: it stays in L2, and inference needs no
+  // [N, 4H] buffer. Training writes it into the cache's gates, where the step puts the
+  // activations.
   const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
   // Buffers, sized once: packed weights, and the projection of Tc steps (inference only).
   Buf<S> wi(np * I * W), wh(np * H * W), scratch(cache ? 0 : Tc * B * G);
-  auto grow = [&](Index t, Index b) {  // row of gates holding step t, batch entry b
-    return cache ? d.row0(t) + b * rs : (t % Tc) * B + b;
+  S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [Tc*B, 4H]
+  const bool training = cache != nullptr, peep = opt.peephole, clip = opt.clip > 0;
+  const bool zc = opt.zoneout_c > 0, zh = opt.zoneout_h > 0;
+  const S* pp = opt.peephole;  // [3, H]
+  const P one = ei::pset1<P>(1), lo = ei::pset1<P>(-opt.clip), hi = ei::pset1<P>(opt.clip);
+  auto clamp = [&](P z) __attribute__((always_inline)) {
+    return ei::pmin<Eigen::PropagateNaN>(ei::pmax<Eigen::PropagateNaN>(z, lo), hi);
   };
-  S* gates = cache ? cache->gates.data() : scratch.data();  // [rows, 4H]
-  const double flops = 2.0 * N * G * (I + H);
-  const Index dt = d.rnext();  // rows from step t to step t+1
-  with_team(threads, np, flops, [&](int tid, int nt, Errors& err) {
+  with_team(threads, np, 2.0 * q.N * G * (I + H), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(Tc * B * W); });
     Index p0, p1;
@@ -554,54 +659,83 @@ void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S
       pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
       pack<S>(Panels::Gates, p0, p1, H, G, w_hh, 1, H, wh.data());  // W_hh^T
     });
-    for (Index t = 0; t < T; ++t) {
-      if (t % Tc == 0)  // x W_ih^T + b for steps [t, t + Tc), this thread's units
+    for (Index s = 0; s < T; ++s) {
+      const Index s0 = s - s % Tc;  // first step of the projection chunk
+      auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
+        return training ? p : p - q.off[s0];
+      };
+      if (s == s0)  // x W_ih^T + b for the tokens of steps [s, s + Tc), this thread's units
         err.run([&] {
-          const Index nr = (std::min(T, t + Tc) - t) * B;  // rows i: step t + i / B, entry i % B
+          const Index pa = q.off[s], nr = q.off[std::min(T, s + Tc)] - pa;
           for (Index p = p0; p < p1; ++p) {
             const Index j0 = p * V, nv = std::min(V, H - j0);
             panel_rows<S>(
                 nr, I, wi.data() + p * I * W,
                 [&](Index i) __attribute__((always_inline)) {
-                  return x + (d.row0(t + i / B) + i % B * rs) * I;
+                  return training ? cache->x.data() + (pa + i) * I : x + q.row[pa + i] * I;
                 },
-                [&](Index, int q) __attribute__((always_inline)) {
-                  return bias ? load(bias + q * H + j0, nv) : ei::pzero(P());
+                [&](Index, int g) __attribute__((always_inline)) {
+                  return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
                 },
                 [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                  S* g = gates + grow(t + i / B, i % B) * G + j0;
+                  S* g = gates + grow(pa + i) * G + j0;
                   store(g, zi, nv), store(g + H, zf, nv), store(g + 2 * H, zg, nv);
                   store(g + 3 * H, zo, nv);
                 },
                 part.data());
           }
         });
-      const S* hp = t ? y + d.row0(t - 1) * H : h0;  // h_{t-1} [B, H], rows ldh apart
-      const Index ldh = t ? rs * H : H;
-      const S* cp = !cache ? c_n : t ? cache->c.data() + d.row0(t - 1) * H : cache->c0.data();
-      const Index ldcp = cache && t ? rs * H : H;
-      S* ct = cache ? cache->c.data() + d.row0(t) * H : c_n;  // c_t (in place in c_n)
-      const Index ldc = cache ? rs * H : H;
+      const Index Bs = q.n[s];
+      // h_{t-1} of entry k, rows of y (or h_n = h_0); times m in training (recurrent dropout)
+      auto hprev = [&](Index k) __attribute__((always_inline)) {
+        return s ? y + q.row[q.off[s - 1] + k] * H : h_n + q.perm[k] * H;
+      };
       err.run([&] {
         for (Index p = p0; p < p1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);  // units [j0, j0 + nv)
           panel_rows<S>(
-              B, hp ? H : 0, wh.data() + p * H * W, [&](Index b) __attribute__((always_inline)) { return hp + b * ldh; },
-              [&](Index b, int q) __attribute__((always_inline)) {  // the input projection
-                return load(gates + grow(t, b) * G + q * H + j0, nv);
+              Bs, s || h0 ? H : 0, wh.data() + p * H * W,  // h_{-1} = 0 adds nothing
+              [&](Index k) __attribute__((always_inline)) {
+                return training ? cache->hprev.data() + (q.off[s] + k) * H : hprev(k);
               },
-              [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
-                const Index row = d.row0(t) + b * rs;  // of y, c and the cache
-                const P i = vsigmoid(zi), f = vsigmoid(zf), g = vtanh(zg), o = vsigmoid(zo);
-                const P c = ei::padd(ei::pmul(f, load(cp + b * ldcp + j0, nv)), ei::pmul(i, g));
-                const P h = ei::pmul(o, vtanh(c));
-                store(ct + b * ldc + j0, c, nv);
-                store(y + row * H + j0, h, nv);
-                if (cache) {  // activated gates, and h_t as step t+1's h_{t-1}
-                  S* gs = gates + row * G + j0;
+              [&](Index k, int g) __attribute__((always_inline)) {  // the input projection
+                return load(gates + grow(q.off[s] + k) * G + g * H + j0, nv);
+              },
+              [&](Index k, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
+                const Index pos = q.off[s] + k, b = q.perm[k];
+                const S* cp = training ? (s ? cache->c.data() + (q.off[s - 1] + k) * H
+                                            : cache->c0.data() + k * H)
+                                       : c_n + b * H;
+                const P c0 = load(cp + j0, nv);  // c_{t-1}
+                if (peep) {
+                  zi = ei::pmadd(load(pp + j0, nv), c0, zi);
+                  zf = ei::pmadd(load(pp + H + j0, nv), c0, zf);
+                }
+                if (clip) zi = clamp(zi), zf = clamp(zf), zg = clamp(zg);
+                const P i = vsigmoid(zi), g = vtanh(zg);
+                const P f = opt.input_forget ? ei::psub(one, i) : vsigmoid(zf);
+                const P cn = ei::padd(ei::pmul(f, c0), ei::pmul(i, g));
+                if (peep) zo = ei::pmadd(load(pp + 2 * H + j0, nv), cn, zo);
+                if (clip) zo = clamp(zo);
+                const P o = vsigmoid(zo);
+                P h = ei::pmul(o, vtanh(cn)), c = cn;
+                if (zc) {
+                  const P z = zoneout<S>(opt, kZoneoutC, training, opt.zoneout_c, s, B, b, H, j0, nv);
+                  c = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cn));
+                }
+                if (zh) {
+                  const P z = zoneout<S>(opt, kZoneoutH, training, opt.zoneout_h, s, B, b, H, j0, nv);
+                  h = ei::padd(ei::pmul(z, load(hprev(k) + j0, nv)), ei::pmul(ei::psub(one, z), h));
+                }
+                store((training ? cache->c.data() + pos * H : c_n + b * H) + j0, c, nv);
+                store(y + q.row[pos] * H + j0, h, nv);
+                if (training) {  // activated gates, and h_t (times m) as step t+1's h_{t-1}
+                  S* gs = gates + pos * G + j0;
                   store(gs, i, nv), store(gs + H, f, nv), store(gs + 2 * H, g, nv);
                   store(gs + 3 * H, o, nv);
-                  if (t + 1 < T) store(cache->hprev.data() + (row + dt) * H + j0, h, nv);
+                  if (s + 1 < T && k < q.n[s + 1])
+                    store(cache->hprev.data() + (q.off[s + 1] + k) * H + j0,
+                          md.size() ? ei::pmul(h, load(md.data() + b * H + j0, nv)) : h, nv);
                 }
               },
               part.data());
@@ -612,63 +746,119 @@ void forward_fast(int threads, const Dims& d, const S* x, const S* w_ih, const S
   });
 }
 
+// dhs, dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit. dpeep [3, H] or
+// nullptr.
 template <typename S>
-void backward_fast(int threads, const Cache<S>& cache, const S* dy, S* dh0, S* dc, Mat<S>& dG) {
+void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
+                   Mat<S>& dG, S* dpeep) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Dims& d = cache.d;
-  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, rs = d.rstride();
+  const Seq& q = cache.seq;
+  const Options<S>& opt = cache.opt;
+  const Index T = d.T, B = d.B, H = d.H, G = 4 * H;
   const Index np = panel_count<S>(Panels::Plain, H);  // W_hh panels: 4V units, K = 4H
   Buf<S> wh(np * G * W);
-  const Index dt = d.rnext();  // rows from step t to step t+1
-  with_team(threads, np, 2.0 * T * B * G * H, [&](int tid, int nt, Errors& err) {
+  const Mat<S> md = dropout_mask(opt, B, H, true);
+  const bool peep = opt.peephole, clip = opt.clip > 0, zc = opt.zoneout_c > 0;
+  const bool zh = opt.zoneout_h > 0;
+  const S* pp = opt.peephole;  // [3, H]
+  if (dpeep) std::fill_n(dpeep, 3 * H, S(0));
+  const P one = ei::pset1<P>(1), zero = ei::pzero(one);
+  // the activations of -clip and clip: where a clipped gate sits when it was clamped
+  const P slo = vsigmoid(ei::pset1<P>(-opt.clip)), shi = vsigmoid(ei::pset1<P>(opt.clip));
+  const P tlo = vtanh(ei::pset1<P>(-opt.clip)), thi = vtanh(ei::pset1<P>(opt.clip));
+  with_team(threads, np, 2.0 * q.N * G * H, [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });
     Index p0, p1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 4V, p1 4V), for good
     err.run([&] { pack<S>(Panels::Plain, p0, p1, G, H, cache.w_hh.data(), H, 1, wh.data()); });
-    // dh_t (recurrent part) = dG_{t+1} W_hh for the thread's units, B rows at a time; the tile
-    // stays in registers for the cell backward. dh0 holds dh_n on entry.
-    for (Index t = T - 1; t >= -1; --t) {
+    // dh_t = dG_{t+1} W_hh (times m) for the thread's units, plus what dhs carries (dh_n at a
+    // sequence's last step, the zoneout share of dh_{t+1} before); the cell backward runs on
+    // the tile. Step -1 leaves dh_0 in dhs.
+    for (Index s = T - 1; s >= -1; --s) {
+      const Index Bs = s < 0 ? B : q.n[s], m = q.n[s + 1];  // rows, rows with dG_{s+1}
       err.run([&] {
         for (Index p = p0; p < p1; ++p) {
           const Index u0 = p * W;  // units [u0, u0 + 4V)
           Index nv[4];
-          for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>(H - u0 - q * V, 0, V);
-          panel_rows<S>(
-              B, t < T - 1 ? G : 0, wh.data() + p * G * W,
-              [&](Index b) __attribute__((always_inline)) { return dG.data() + (d.row0(t + 1) + b * rs) * G; },
-              [&](Index b, int q) __attribute__((always_inline)) {  // dh_n (held in dh0), or 0
-                return t == T - 1 && nv[q] ? load(dh0 + b * H + u0 + q * V, nv[q]) : ei::pzero(P());
+          for (int g = 0; g < 4; ++g) nv[g] = std::clamp<Index>(H - u0 - g * V, 0, V);
+          auto cell = [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+            const P a[4] = {a0, a1, a2, a3};
+            const Index b = q.perm[k];
+            for (int g = 0; g < 4; ++g) {
+              const Index j = u0 + g * V, n = nv[g];
+              if (!n) continue;
+              P dh = md.size() ? ei::pmul(a[g], load(md.data() + b * H + j, n)) : a[g];
+              dh = ei::padd(dh, load(dhs.data() + k * H + j, n));
+              if (s < 0) {  // dh_0
+                store(dhs.data() + k * H + j, dh, n);
+                continue;
+              }
+              const Index pos = q.off[s] + k;
+              if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * H + j, n));
+              const S* gb = cache.gates.data() + pos * G;
+              const P i = load(gb + j, n), f = load(gb + H + j, n), gg = load(gb + 2 * H + j, n),
+                      o = load(gb + 3 * H + j, n);
+              const P cp = load(s ? cache.c.data() + (q.off[s - 1] + k) * H + j
+                                  : cache.c0.data() + k * H + j, n);  // c_{t-1}
+              // the new cell value, before zoneout
+              const P cn = zc ? ei::padd(ei::pmul(f, cp), ei::pmul(i, gg))
+                              : load(cache.c.data() + pos * H + j, n);
+              const P tc = vtanh(cn), dcar = load(dcs.data() + k * H + j, n);
+              P dhn = dh, dcn = dcar, z = zero;
+              if (zh) {  // h_t = z h_{t-1} + (1 - z) h_new
+                const P zz = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, B, b, H, j, n);
+                dhn = ei::pmul(ei::psub(one, zz), dh);
+                store(dhs.data() + k * H + j, ei::pmul(zz, dh), n);
+              } else {
+                store(dhs.data() + k * H + j, zero, n);
+              }
+              if (zc) {  // c_t = z c_{t-1} + (1 - z) c_new
+                z = zoneout<S>(opt, kZoneoutC, true, opt.zoneout_c, s, B, b, H, j, n);
+                dcn = ei::pmul(ei::psub(one, z), dcar);
+              }
+              P dzo = ei::pmul(ei::pmul(dhn, tc), ei::pmul(o, ei::psub(one, o)));
+              if (clip) dzo = ei::pand(dzo, inside(o, slo, shi));
+              dcn = ei::padd(dcn, ei::pmul(ei::pmul(dhn, o), ei::psub(one, ei::pmul(tc, tc))));
+              if (peep) dcn = ei::pmadd(dzo, load(pp + 2 * H + j, n), dcn);
+              P di = ei::pmul(dcn, gg), dzf = zero;
+              if (opt.input_forget) di = ei::psub(di, ei::pmul(dcn, cp));
+              else dzf = ei::pmul(ei::pmul(dcn, cp), ei::pmul(f, ei::psub(one, f)));
+              P dzi = ei::pmul(di, ei::pmul(i, ei::psub(one, i)));
+              P dzg = ei::pmul(ei::pmul(dcn, i), ei::psub(one, ei::pmul(gg, gg)));
+              if (clip) {
+                dzi = ei::pand(dzi, inside(i, slo, shi));
+                dzf = ei::pand(dzf, inside(f, slo, shi));
+                dzg = ei::pand(dzg, inside(gg, tlo, thi));
+              }
+              S* dgb = dG.data() + pos * G;
+              store(dgb + j, dzi, n), store(dgb + H + j, dzf, n);
+              store(dgb + 2 * H + j, dzg, n), store(dgb + 3 * H + j, dzo, n);
+              P dcp = ei::pmul(dcn, f);  // dL/dc_{t-1}
+              if (zc) dcp = ei::padd(dcp, ei::pmul(z, dcar));
+              if (peep) {
+                dcp = ei::pmadd(dzi, load(pp + j, n), dcp);
+                dcp = ei::pmadd(dzf, load(pp + H + j, n), dcp);
+                store(dpeep + j, ei::pmadd(dzi, cp, load(dpeep + j, n)), n);
+                store(dpeep + H + j, ei::pmadd(dzf, cp, load(dpeep + H + j, n)), n);
+                store(dpeep + 2 * H + j, ei::pmadd(dzo, cn, load(dpeep + 2 * H + j, n)), n);
+              }
+              store(dcs.data() + k * H + j, dcp, n);
+            }
+          };
+          auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
+          panel_rows<S>(  // the entries still running at step s + 1: dG_{s+1} W_hh
+              m, G, wh.data() + p * G * W,
+              [&](Index k) __attribute__((always_inline)) {
+                return dG.data() + (q.off[s + 1] + k) * G;
               },
-              [&](Index b, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                const P a[4] = {a0, a1, a2, a3};
-                if (t < 0) {  // dh_0 = dG_0 W_hh
-                  for (int q = 0; q < 4; ++q)
-                    if (nv[q]) store(dh0 + b * H + u0 + q * V, a[q], nv[q]);
-                  return;
-                }
-                const Index row = d.row0(t) + b * rs;  // the cell backward for row b
-                const S* gb = cache.gates.data() + row * G;
-                const S* cpb = t ? cache.c.data() + (row - dt) * H : cache.c0.data() + b * H;
-                S* dgb = dG.data() + row * G;
-                const P one = ei::pset1<P>(1);
-                for (int q = 0; q < 4; ++q) {
-                  const Index j = u0 + q * V, n = nv[q];
-                  if (!n) continue;
-                  const P dht = dy ? ei::padd(a[q], load(dy + row * H + j, n)) : a[q];
-                  const P i = load(gb + j, n), f = load(gb + H + j, n),
-                          g = load(gb + 2 * H + j, n), o = load(gb + 3 * H + j, n);
-                  const P tc = vtanh(load(cache.c.data() + row * H + j, n));
-                  const P dct = ei::padd(load(dc + b * H + j, n),
-                                         ei::pmul(ei::pmul(dht, o), ei::psub(one, ei::pmul(tc, tc))));
-                  store(dgb + j, ei::pmul(ei::pmul(dct, g), ei::pmul(i, ei::psub(one, i))), n);
-                  store(dgb + H + j,
-                        ei::pmul(ei::pmul(dct, load(cpb + j, n)), ei::pmul(f, ei::psub(one, f))), n);
-                  store(dgb + 2 * H + j, ei::pmul(ei::pmul(dct, i), ei::psub(one, ei::pmul(g, g))), n);
-                  store(dgb + 3 * H + j, ei::pmul(ei::pmul(dht, tc), ei::pmul(o, ei::psub(one, o))), n);
-                  store(dc + b * H + j, ei::pmul(dct, f), n);
-                }
+              zeros, cell, part.data());
+          panel_rows<S>(  // those whose last step is s: no recurrent term
+              Bs - m, 0, wh.data(), [&](Index) { return wh.data(); }, zeros,
+              [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                cell(m + k, a0, a1, a2, a3);
               },
               part.data());
         }
@@ -681,39 +871,55 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, S* dh0, S* d
 
 // ---- The sequence: forward and backward through time, either implementation -------------------
 template <typename S>
-void lstm_forward(Kernel k, int threads, const Dims& d, const S* x, const S* w_ih,
-                  const S* w_hh, const S* bias, const S* h0, const S* c0, S* y, S* h_n, S* c_n,
-                  Cache<S>* cache) {
-  if (!begin_forward(d, x, w_ih, w_hh, h0, c0, h_n, c_n, cache)) return;
+void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, const S* x,
+                  const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
+                  S* h_n, S* c_n, Cache<S>* cache) {
+  if (k == Kernel::Naive && !opt.plain())
+    throw std::invalid_argument("kernel: the naive kernel implements lengths and reverse only");
+  std::optional<Seq> own;  // the visiting order (the cache keeps its own)
+  const Seq& q = cache ? cache->seq : own.emplace(d, opt.lengths, opt.reverse);
+  const Mat<S> md = dropout_mask(opt, d.B, d.H, cache != nullptr);
+  if (!begin_forward(d, q, opt, x, w_ih, w_hh, h0, c0, md, y, h_n, c_n, cache)) return;
   if (k == Kernel::Naive)
-    forward_naive(d, x, w_ih, w_hh, bias, h0, y, c_n, cache);
+    forward_naive(d, q, x, w_ih, w_hh, bias, y, h_n, c_n, cache);
   else
-    forward_fast(threads, d, x, w_ih, w_hh, bias, h0, y, c_n, cache);
-  end_forward(d, y, h_n, c_n, cache);
+    forward_fast(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache);
+  end_forward(d, q, y, h_n, c_n, cache);
 }
 
 template <typename S>
 void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
-                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db) {
+                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dpeep) {
   const Dims& d = cache.d;
-  const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, N = T * B;
-  Map<S> dh(dh0, B, H), dc(dc0, B, H);  // dh0, dc0 double as the running dL/dh, dL/dc
-  if (dh_n) dh = CMap<S>(dh_n, B, H); else dh.setZero();
-  if (dc_n) dc = CMap<S>(dc_n, B, H); else dc.setZero();
-  if (N == 0 || H == 0) {
-    Map<S>(dx, N, I).setZero(), Map<S>(dw_ih, G, I).setZero(), Map<S>(dw_hh, G, H).setZero();
-    Map<S>(db, 1, G).setZero();
-    return;
+  const Seq& q = cache.seq;
+  const Index B = d.B, I = d.I, H = d.H, G = 4 * H, N = q.N;
+  if (k == Kernel::Naive && !cache.opt.plain())
+    throw std::invalid_argument("kernel: the naive kernel implements lengths and reverse only");
+  Mat<S> dhs(B, H), dcs(B, H);  // by entry: dh_n, dc_n in; dh_0, dc_0 out
+  for (Index e = 0; e < B; ++e) {
+    const Index b = q.perm[e];
+    if (dh_n) dhs.row(e) = CMap<S>(dh_n + b * H, 1, H); else dhs.row(e).setZero();
+    if (dc_n) dcs.row(e) = CMap<S>(dc_n + b * H, 1, H); else dcs.row(e).setZero();
   }
-  Mat<S> dG(N, G);  // [T*B, 4H] per-call scratch: gradients of the pre-activation gates
-  if (k == Kernel::Naive)
-    backward_naive(cache, dy, dh0, dc0, dG);
-  else
-    backward_fast(threads, cache, dy, dh0, dc0, dG);
-  if (k == Kernel::Naive)
-    weight_grads_naive(cache, dG, dx, dw_ih, dw_hh, db);
-  else
-    weight_grads_fast(threads, cache, dG, dx, dw_ih, dw_hh, db);
+  if (N < d.T * B) Map<S>(dx, d.T * B, I).setZero();  // the padding
+  if (dpeep) Map<S>(dpeep, 3, H).setZero();
+  if (N == 0 || H == 0) {
+    Map<S>(dw_ih, G, I).setZero(), Map<S>(dw_hh, G, H).setZero(), Map<S>(db, 1, G).setZero();
+    if (N) Map<S>(dx, d.T * B, I).setZero();
+  } else {
+    Mat<S> dG(N, G);  // [N, 4H] per-call scratch: gradients of the pre-activation gates
+    if (k == Kernel::Naive) {
+      backward_naive(cache, dy, dhs, dcs, dG);
+      weight_grads_naive(cache, dG, dx, dw_ih, dw_hh, db);
+    } else {
+      backward_fast(threads, cache, dy, dhs, dcs, dG, dpeep);
+      weight_grads_fast(threads, cache, dG, dx, dw_ih, dw_hh, db);
+    }
+  }
+  for (Index e = 0; e < B; ++e) {
+    Map<S>(dh0 + q.perm[e] * H, 1, H) = dhs.row(e);
+    Map<S>(dc0 + q.perm[e] * H, 1, H) = dcs.row(e);
+  }
 }
 
 // ---- The exported table -------------------------------------------------------------------------
@@ -732,7 +938,8 @@ void activations(Index n, const S* x, S* sig, S* th) {
 
 template <typename S>
 KernelTable<S> table() {
-  return {[](const Dims& d) { return new Cache<S>(d); }, [](Cache<S>* c) { delete c; },
+  return {[](const Dims& d, const Options<S>& o) { return new Cache<S>(d, o); },
+          [](Cache<S>* c) { delete c; },
           [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &lstm_backward<S>,
           &activations<S>};
 }

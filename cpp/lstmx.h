@@ -12,13 +12,29 @@
 // Sizes: T steps, B batch, I input features, H hidden units. All matrices are row-major.
 //   W_ih [4H, I]   W_hh [4H, H]   bias [4H] (or nullptr)
 //
-// Sequence layout. x [T, B, I] and y [T, B, H] are time-major, or batch-major ([B, T, I],
-// [B, T, H]) when batch_first is set. Row (t, b) of any per-token buffer is
-//   row(t, b) = batch_first ? b * T + t : t * B + b
-// so one step's B rows start at row0(t) = batch_first ? t : t * B and lie `rstride(T,B)` rows
-// apart. Every per-token buffer (gates, caches, gradients) uses the same layout as x, so the
-// weight gradients are single GEMMs whatever the layout.
+// Sequence layout. x [T, B, I] and y, dy, dx are time-major, or batch-major ([B, T, I]) when
+// batch_first is set: the row of (time t, batch entry b) is  batch_first ? b * T + t : t * B + b.
 //
+// Variants (Options, all off by default), in the order the cell applies them:
+//   lengths       sequence b runs steps s = 0 .. len_b - 1 (0 <= len_b <= T, any order); its
+//                 time index is t = s, or t = len_b - 1 - s with reverse. y is 0 past the end;
+//                 h_n, c_n are each sequence's state after its own last step.
+//   recurrent_dropout  (training) h_{t-1} * m before W_hh, m [B, H] in {0, 1/(1-p)}, fixed in time
+//   peephole [3, H]    z_i += p_i * c_{t-1}, z_f += p_f * c_{t-1}, z_o += p_o * c_t
+//   clip          z_i, z_f, z_g, z_o clamped to [-clip, clip] before the activations
+//   input_forget  f = 1 - i
+//   zoneout_c, zoneout_h  c_t = z * c_{t-1} + (1 - z) * c_t, the same for h (y is the zoned h);
+//                 z in {0, 1} per (step, entry, unit) in training, z = p in inference. The
+//                 peephole p_o and tanh see the new cell value before zoneout.
+// Masks come from a counter-based hash of (seed, stream, step, user batch index, unit), so they
+// need no memory, are the same for any thread count, and the NumPy reference draws the same
+// ones (reference.uniform): stream + 0 zoneout on c, + 1 zoneout on h, + 2 recurrent dropout.
+//
+// Visiting order (Seq). Sequences are sorted by length, longest first (ties by index): entry k
+// is user batch index perm[k], and step s has n[s] active entries, k < n[s]. The workspace and
+// all per-token scratch are packed like PyTorch's PackedSequence: token (s, k) at position
+// off[s] + k, so a step's rows are contiguous and padding costs nothing. row[pos] is the
+// token's row in x's layout.
 // The fast kernels (lstm.cpp):
 //   forward:  each thread owns a slice of hidden units for the whole call, and packs W_ih^T and
 //             W_hh^T for its units once per call into panels (per k: 4 SIMD vectors = gates
@@ -48,6 +64,8 @@
 
 #include <Eigen/Core>
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 namespace lstmx {
 
@@ -58,9 +76,36 @@ using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 struct Dims {
   Index T = 0, B = 0, I = 0, H = 0;
   bool batch_first = false;
-  Index row0(Index t) const { return batch_first ? t : t * B; }  // first row of step t
-  Index rstride() const { return batch_first ? T : 1; }          // rows between batch entries
-  Index rnext() const { return batch_first ? 1 : B; }            // rows from step t to t+1
+  Index row(Index t, Index b) const { return batch_first ? b * T + t : t * B + b; }
+};
+
+template <typename S>
+struct Options {
+  const std::int64_t* lengths = nullptr;  // [B], or nullptr: every sequence has T steps
+  bool reverse = false;
+  const S* peephole = nullptr;            // [3, H]: p_i, p_f, p_o
+  S clip = 0;                             // 0: no clip
+  bool input_forget = false;
+  double zoneout_h = 0, zoneout_c = 0;    // probabilities in [0, 1]
+  double recurrent_dropout = 0;           // in [0, 1); training only
+  std::uint64_t seed = 0, stream = 0;
+  bool plain() const {
+    return !peephole && clip == 0 && !input_forget && zoneout_h == 0 && zoneout_c == 0 &&
+           recurrent_dropout == 0;
+  }
+};
+
+// The order in which the kernels visit tokens (see "Visiting order" above). Throws
+// std::invalid_argument if a length is outside [0, T].
+struct Seq {
+  Index T = 0, B = 0, N = 0;  // N: tokens, the sum of the lengths
+  std::vector<Index> perm;    // [B]     user batch index of entry k
+  std::vector<Index> len;     // [B]     length of entry k (non-increasing)
+  std::vector<Index> n;       // [T + 1] entries active at step s (n[T] = 0)
+  std::vector<Index> off;     // [T + 1] position of token (s, 0); off[T] = N
+  std::vector<Index> row;     // [N]     row in x's layout of the token at each position
+  Seq(const Dims& d, const std::int64_t* lengths, bool reverse);
+  std::size_t nbytes() const;
 };
 
 // Which implementation to run. Naive is the plain reference (Eigen GEMMs, scalar cell loops,
@@ -68,18 +113,21 @@ struct Dims {
 enum class Kernel { Fast = 0, Naive = 1 };
 
 // The training workspace: everything backward reads from the forward pass, sized once, up
-// front, by the constructor. All per-token buffers use the layout of x (see above).
+// front, by the constructor. Per-token buffers are packed (position off[s] + k, N rows).
 template <typename S>
 struct Cache {
   Dims d;
-  Mat<S> x;      // [T*B, I]   copy of the input
-  Mat<S> w_ih;   // [4H, I]    copy of the weights used
+  Options<S> opt;  // lengths: nullptr (seq has them); peephole: points at peep
+  Seq seq;
+  Mat<S> x;      // [N, I]   copy of the input
+  Mat<S> w_ih;   // [4H, I]  copy of the weights used
   Mat<S> w_hh;   // [4H, H]
-  Mat<S> gates;  // [T*B, 4H]  activated gates i, f, g, o of every step
-  Mat<S> hprev;  // [T*B, H]   h_{t-1} of every step (h_0 for t = 0)
-  Mat<S> c;      // [T*B, H]   c_t of every step
-  Mat<S> c0;     // [B, H]     c_0
-  explicit Cache(const Dims& dims);
+  Mat<S> peep;   // [3, H]   copy of the peepholes (or empty)
+  Mat<S> gates;  // [N, 4H]  activated gates i, f, g, o of every token (f = 1 - i if coupled)
+  Mat<S> hprev;  // [N, H]   h_{t-1} * m (recurrent dropout) of every token
+  Mat<S> c;      // [N, H]   c_t of every token (after zoneout)
+  Mat<S> c0;     // [B, H]   c_0, by entry k
+  Cache(const Dims& dims, const Options<S>& o);
   std::size_t nbytes() const;
 };
 
@@ -87,37 +135,39 @@ struct Cache {
 
 // x [T,B,I] or [B,T,I]; h0, c0 [B, H] or nullptr (zeros); bias [4H] or nullptr.
 // Writes y (layout of x), h_n, c_n [B, H]. With cache == nullptr (inference) only the state is
-// kept, plus one [T*B, 4H] scratch for the input projection; otherwise cache (constructed with
-// the same dims) is filled for backward.
+// kept, plus a scratch for the input projection of about 192 tokens; otherwise cache
+// (constructed with the same dims and options) is filled for backward, and masks are random.
+// The naive kernel implements lengths and reverse but no other option (std::invalid_argument).
 template <typename S>
-void lstm_forward(Kernel k, int threads, const Dims& d, const S* x, const S* w_ih, const S* w_hh,
-                  const S* bias, const S* h0, const S* c0, S* y, S* h_n, S* c_n,
-                  Cache<S>* cache);
+void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, const S* x,
+                  const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
+                  S* h_n, S* c_n, Cache<S>* cache);
 
 // dy (layout of x) or nullptr; dh_n, dc_n [B, H] or nullptr (zeros).
 // Writes dx (layout of x), dh0, dc0 [B, H], dw_ih [4H, I], dw_hh [4H, H], db [4H] (the
-// gradient of b_ih and of b_hh alike). The weight gradients are GEMMs after the reverse loop.
+// gradient of b_ih and of b_hh alike) and, with peepholes, dpeep [3, H]. The reverse loop
+// reads every cache buffer; the weight gradients are GEMMs after it.
 template <typename S>
-void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n, const S* dc_n,
-                   S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db);
+void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
+                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dpeep);
 
 // ---- The table each ISA module exports to lstmx._core ------------------------------------------
 // Caches are created and freed inside the module that uses them (Eigen's alignment differs
 // between ISA builds).
 template <typename S>
 struct KernelTable {
-  Cache<S>* (*cache_new)(const Dims&);
+  Cache<S>* (*cache_new)(const Dims&, const Options<S>&);
   void (*cache_free)(Cache<S>*);
   std::size_t (*cache_nbytes)(const Cache<S>*);
-  void (*forward)(Kernel, int, const Dims&, const S*, const S*, const S*, const S*, const S*,
-                  const S*, S*, S*, S*, Cache<S>*);
+  void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
+                  const S*, const S*, const S*, S*, S*, S*, Cache<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, S*, S*, S*, S*, S*,
-                   S*);
+                   S*, S*);
   // Test hook: the fast kernels' vectorised sigmoid and tanh of x [n] into sig, th [n].
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 2;
+constexpr int kBackendAbi = 3;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

@@ -13,6 +13,24 @@ Shapes (T steps, B batch, I input features, H hidden units; gate order i, f, g, 
 ``h_n, c_n``  ``[B, H]``
 ============  ===========================================
 
+Variants (keyword arguments of :func:`lstm` and :func:`lstm_train`; see ``cpp/lstmx.h``):
+
+=====================  ==========================================================================
+``lengths``            ``[B]`` ints in ``[0, T]``, any order: sequence ``b`` runs ``lengths[b]``
+                       steps; ``y`` is 0 past its end, ``h_n``/``c_n`` are its state at its end.
+                       Padding costs nothing: the active batch shrinks as sequences end.
+``reverse``            run each sequence from its own last step back to its first
+``peephole``           ``[3, H]``: ``p_i, p_f`` (see ``c_{t-1}``) and ``p_o`` (sees ``c_t``), as ONNX
+``clip``               clamp the gate pre-activations to ``[-clip, clip]`` (ONNX ``clip``)
+``input_forget``       couple the gates: ``f = 1 - i`` (ONNX ``input_forget``)
+``zoneout_h, _c``      zoneout probabilities (Krueger et al. 2016): random masks in
+                       :func:`lstm_train`, their expectation in :func:`lstm`
+``recurrent_dropout``  (:func:`lstm_train`) drop units of ``h_{t-1}`` before ``w_hh``, one mask
+                       per call (Keras ``recurrent_dropout``), kept units scaled by ``1/(1-p)``
+``seed, stream``       (:func:`lstm_train`) the masks: a counter-based hash of (seed, stream,
+                       step, batch index, unit), the same in :func:`lstmx.reference.uniform`
+=====================  ==========================================================================
+
 Every argument is checked here, at the boundary: a bad one raises ``TypeError`` or
 ``ValueError`` naming it, with the expected and the actual shape. float32 and float64 are
 supported; all arrays must share ``x``'s dtype. Non-contiguous inputs are copied.
@@ -49,7 +67,8 @@ class LSTMGrads(NamedTuple):
 
     ``dx`` has the shape of ``x``; ``dh0``/``dc0`` that of the initial state (for a cell step:
     of ``h``/``c``); ``dw_*`` that of the weights. ``db_ih`` and ``db_hh`` are equal (both biases
-    enter the gates the same way) and are ``None`` when the forward pass had no bias.
+    enter the gates the same way) and are ``None`` when the forward pass had no bias;
+    ``dpeephole`` is ``None`` without peepholes.
     """
 
     dx: Array
@@ -59,6 +78,7 @@ class LSTMGrads(NamedTuple):
     dw_hh: Array
     db_ih: Array | None
     db_hh: Array | None
+    dpeephole: Array | None = None
 
 
 class Tape:
@@ -179,6 +199,7 @@ class _Args(NamedTuple):
     h0: np.ndarray | None
     c0: np.ndarray | None
     has_bias: bool
+    batch_first: bool = False
 
 
 def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
@@ -229,7 +250,7 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
             bias = [bias[0] + bias[1]]
     return _Args(_c_array(xa), _c_array(wih), _c_array(whh), _c_array(bias[0]) if bias else None,
                  None if opt[hn] is None else _c_array(opt[hn]),
-                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias))
+                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias), batch_first)
 
 
 def _check_tape(tape: Any, cell: bool) -> Tape:
@@ -252,9 +273,73 @@ def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc:
 
 
 def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
-    dx, dh0, dc0, dwih, dwhh, db = out
+    dx, dh0, dc0, dwih, dwhh, db, dpeep = out
     return LSTMGrads(dx, dh0, dc0, dwih, dwhh, db if has_bias else None,
-                     db.copy() if has_bias else None)
+                     db.copy() if has_bias else None, dpeep)
+
+
+def _probability(name: str, p: object, closed: bool = True) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a float, got {type(p).__name__}")
+    if not (0 <= p <= 1 if closed else 0 <= p < 1):
+        raise ValueError(f"{name}: expected a probability in [0, 1{']' if closed else ')'}, "
+                         f"got {p!r}")
+    return float(p)
+
+
+def _uint64(name: str, v: object) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if not 0 <= v < 2**64:
+        raise ValueError(f"{name}: expected an int in [0, 2**64), got {v!r}")
+    return int(v)
+
+
+def _check_lengths(lengths: ArrayLike, T: int, B: int) -> np.ndarray:
+    """``lengths [B]``: integers in ``[0, T]`` (any order), as int64."""
+    a = _to_numpy("lengths", lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integers, got dtype {a.dtype}")
+    _expect_shape("lengths", a, (B,), "[B]")
+    if a.size and (a.min() < 0 or a.max() > T):
+        bad = int(a[(a < 0) | (a > T)][0])
+        raise ValueError(f"lengths: expected values in [0, T] = [0, {T}], got {bad}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse: bool = False,
+             peephole: ArrayLike | None = None, clip: float | None = None,
+             input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+             recurrent_dropout: float = 0.0, seed: int | None = 0,
+             stream: int = 0) -> dict[str, Any]:
+    """The checked keyword arguments of ``_core.forward`` for a call's variants."""
+    dt, (T, B) = a.x.dtype, a.x.shape[:2]
+    H = a.w_hh.shape[1]
+    if a.batch_first:
+        T, B = B, T
+    kw: dict[str, Any] = dict(reverse=_flag("reverse", reverse),
+                              input_forget=_flag("input_forget", input_forget))
+    if lengths is not None:
+        kw["lengths"] = _check_lengths(lengths, T, B)
+    if peephole is not None:
+        p = _float_array("peephole", peephole, dt, "x")
+        _expect_shape("peephole", p, (3, H), "[3, H]")
+        kw["peephole"] = _c_array(p)
+    if clip is not None:
+        if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.integer,
+                                                                       np.floating)):
+            raise TypeError(f"clip: expected a float or None, got {type(clip).__name__}")
+        if not clip > 0:
+            raise ValueError(f"clip: expected a positive threshold, got {clip!r}")
+        kw["clip"] = float(clip)
+    kw["zoneout_h"] = _probability("zoneout_h", zoneout_h)
+    kw["zoneout_c"] = _probability("zoneout_c", zoneout_c)
+    kw["recurrent_dropout"] = _probability("recurrent_dropout", recurrent_dropout, closed=False)
+    random = training and (kw["zoneout_h"] or kw["zoneout_c"] or kw["recurrent_dropout"])
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**63)) if random else 0
+    kw["seed"], kw["stream"] = _uint64("seed", seed), _uint64("stream", stream)
+    return kw
 
 
 # ---- sequence ----------------------------------------------------------------------------------
@@ -262,35 +347,51 @@ def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
 
 def _forward(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
              b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
-             batch_first: bool, training: bool, naive: bool = False) -> tuple[Any, ...]:
+             batch_first: bool, training: bool, naive: bool = False,
+             **variant: Any) -> tuple[Any, ...]:
     a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training)
+    kw = _variant(a, training, **variant)
     y, hn, cn, cache = _core.forward(a.x, a.w_ih, a.w_hh, a.bias, a.h0, a.c0,
-                                     bool(batch_first), training, naive)
+                                     bool(batch_first), training, naive, **kw)
     tape = Tape(cache, a.has_bias, False, a.x.dtype) if training else None
     return y, hn, cn, tape
 
 
 def lstm(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None = None,
          b_hh: ArrayLike | None = None, h0: ArrayLike | None = None, c0: ArrayLike | None = None,
-         *, batch_first: bool = False) -> tuple[Array, Array, Array]:
+         *, batch_first: bool = False, lengths: ArrayLike | None = None, reverse: bool = False,
+         peephole: ArrayLike | None = None, clip: float | None = None,
+         input_forget: bool = False, zoneout_h: float = 0.0,
+         zoneout_c: float = 0.0) -> tuple[Array, Array, Array]:
     """Run an LSTM over a whole sequence (inference: no workspace is kept).
 
     Returns ``(y, h_n, c_n)``: every step's hidden state, and the final hidden and cell state.
-    See the module docstring for the shapes.
+    See the module docstring for the shapes and the variants.
     """
-    y, hn, cn, _ = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, False)
+    y, hn, cn, _ = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, False,
+                            lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
+                            input_forget=input_forget, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
     return y, hn, cn
 
 
 def lstm_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None = None,
                b_hh: ArrayLike | None = None, h0: ArrayLike | None = None,
-               c0: ArrayLike | None = None, *,
-               batch_first: bool = False) -> tuple[Array, Array, Array, Tape]:
+               c0: ArrayLike | None = None, *, batch_first: bool = False,
+               lengths: ArrayLike | None = None, reverse: bool = False,
+               peephole: ArrayLike | None = None, clip: float | None = None,
+               input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+               recurrent_dropout: float = 0.0, seed: int | None = None,
+               stream: int = 0) -> tuple[Array, Array, Array, Tape]:
     """Like :func:`lstm`, and also keep the workspace backward needs.
 
-    Returns ``(y, h_n, c_n, tape)``; pass ``tape`` to :func:`lstm_backward`.
+    Zoneout and recurrent dropout draw random masks from ``seed`` (``None``: a fresh one) and
+    ``stream``. Returns ``(y, h_n, c_n, tape)``; pass ``tape`` to :func:`lstm_backward`.
     """
-    y, hn, cn, tape = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, True)
+    y, hn, cn, tape = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, True,
+                               lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
+                               input_forget=input_forget, zoneout_h=zoneout_h,
+                               zoneout_c=zoneout_c, recurrent_dropout=recurrent_dropout,
+                               seed=seed, stream=stream)
     return y, hn, cn, tape
 
 
