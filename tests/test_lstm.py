@@ -116,17 +116,28 @@ def test_only_one_bias() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool, isa: str) -> None:
+@pytest.mark.parametrize("lengths, reverse", [(None, False), ([7, 0, 3, 7, 1], False),
+                                              ([2, 5, 0, 7, 6], True)])
+def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool, lengths: Any, reverse: bool,
+                                       isa: str) -> None:
     c = make_case(7, 5, 6, 19, dtype, seed=11, batch_first=batch_first)
-    outs = [F._forward(**c, batch_first=batch_first, training=True, naive=n) for n in (0, 1)]
+    outs = [F._forward(**c, batch_first=batch_first, training=True, naive=n, lengths=lengths,
+                       reverse=reverse) for n in (0, 1)]
     tol = 1e-14 if dtype == np.float64 else 2e-6
     for a, b in zip(outs[0][:3], outs[1][:3]):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     dy = np.random.default_rng(0).standard_normal(outs[0][0].shape).astype(dtype)
     ga = F._backward(outs[0][3], dy, None, None, naive=False)
     gb = F._backward(outs[1][3], dy, None, None, naive=True)
-    for a, b in zip(ga, gb):
+    assert ga.dpeephole is None and gb.dpeephole is None
+    for a, b in zip(ga[:-1], gb[:-1]):
         np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * 10)
+
+
+def test_naive_kernel_refuses_cell_variants() -> None:
+    c = make_case(3, 2, 2, 3)
+    with pytest.raises(ValueError, match="naive kernel"):
+        F._forward(**c, batch_first=False, training=False, naive=True, clip=1.0)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
