@@ -248,6 +248,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0);
+  m.def("uniform", [](std::uint64_t seed, std::uint64_t stream, Index count) {
+    if (count < 0 || count > (Index(1) << 40)) throw py::value_error("count: expected 0..2**40");
+    auto u = out<double>({count});
+    double* p = u.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      for (Index i = 0; i < count; ++i) p[i] = lstmx::uniform(seed, stream, std::uint64_t(i));
+    }
+    return u;
+  }, py::arg("seed"), py::arg("stream"), py::arg("count"),
+        "The masks' hash (lstmx.h): uniform(seed, stream, idx) for idx < count, as float64.");
   m.attr("max_threads") = kMaxThreads;
   m.def("set_num_threads", [](long long n) {
     if (n < 1 || n > kMaxThreads)  // more would only risk failing to create threads

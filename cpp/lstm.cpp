@@ -359,16 +359,6 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
 template <typename S>
 inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }  // exp overflow gives 0: stable
 
-// The masks' counter-based hash (lstmx.h): a uniform number in [0, 1) with 24 bits, exact in
-// float32, from (seed, stream, idx). reference.uniform computes the same numbers.
-inline double uniform(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
-  std::uint64_t z = seed + (stream + 1) * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return double(z >> 40) * 0x1p-24;
-}
-
 enum Stream : std::uint64_t { kZoneoutC = 0, kZoneoutH = 1, kRecurrentDropout = 2 };
 
 // Zoneout mask of step s, user entry b, units [j0, j0 + nv): 1 (keep the old state) with

@@ -95,6 +95,16 @@ struct Options {
   }
 };
 
+// The masks' counter-based hash: a uniform number in [0, 1) with 24 bits (exact in float32)
+// from (seed, stream, idx). reference.uniform computes the same numbers in NumPy.
+inline double uniform(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
+  std::uint64_t z = seed + (stream + 1) * 0x9E3779B97F4A7C15ull + idx * 0xD1B54A32D192ED03ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 40) * 0x1p-24;
+}
+
 // The order in which the kernels visit tokens (see "Visiting order" above). Throws
 // std::invalid_argument if a length is outside [0, T].
 struct Seq {
