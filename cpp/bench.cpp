@@ -189,16 +189,17 @@ Times time_config(const lstmx::KernelTable<S>& kt, const Config& c, int threads,
                                                                           kt.cache_free);
 
   auto forward = [&](lstmx::Cache<S>* cc) {
-    kt.forward(Kernel::Fast, threads, d, opt, x.get(), w_ih.get(), w_hh.get(), bias.get(), nullptr,
-               nullptr, y.get(), h_n.get(), c_n.get(), cc);
+    kt.forward(Kernel::Fast, threads, d, opt, x.get(), w_ih.get(), w_hh.get(), bias.get(),
+               nullptr, nullptr, y.get(), h_n.get(), c_n.get(), cc);
   };
   Times r;
   r.infer = median_seconds([&] { forward(nullptr); }, repeats);
   r.train = median_seconds(
       [&] {
         forward(cache.get());
-        kt.backward(Kernel::Fast, threads, *cache, dy.get(), nullptr, nullptr, dx.get(),
-                    dh0.get(), dc0.get(), dw_ih.get(), dw_hh.get(), db.get(), nullptr);
+        kt.backward(Kernel::Fast, threads, *cache, dy.get(), nullptr, nullptr,
+                    {dx.get(), dh0.get(), dc0.get(), dw_ih.get(), dw_hh.get(), db.get(), nullptr,
+                     nullptr});
       },
       repeats);
   return r;

@@ -108,7 +108,7 @@ struct Cache {
 
 // The variants of one call (lstmx.h, Options), as passed by lstmx.functional.
 struct Variant {
-  py::object lengths = py::none(), peephole = py::none();
+  py::object lengths = py::none(), peephole = py::none(), w_hr = py::none();
   bool reverse = false, input_forget = false;
   double clip = 0, zoneout_h = 0, zoneout_c = 0, recurrent_dropout = 0;
   std::uint64_t seed = 0, stream = 0;
@@ -123,6 +123,7 @@ lstmx::Options<S> options(const Variant& v, const Dims& d) {
     o.lengths = in_ptr<std::int64_t>(v.lengths, "lengths", {d.B});
   }
   o.peephole = in_ptr<S>(v.peephole, "peephole", {3, d.H});
+  o.w_hr = in_ptr<S>(v.w_hr, "w_hr", {d.P, d.H});
   for (auto [name, p, hi] : {std::tuple{"zoneout_h", v.zoneout_h, 1.0},
                              std::tuple{"zoneout_c", v.zoneout_c, 1.0},
                              std::tuple{"recurrent_dropout", v.recurrent_dropout, 0.0}})
@@ -141,21 +142,29 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
                   const py::object& bias, const py::object& h0, const py::object& c0,
                   bool batch_first, bool training, bool naive, const Variant& v) {
   if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array");
-  if (w_hh.ndim() != 2) throw py::value_error("w_hh: expected a 2-D array");
+  if (w_hh.ndim() != 2 || w_hh.shape(0) % 4)
+    throw py::value_error("w_hh: expected a 2-D array [4H, R]");
   Dims d;
   d.batch_first = batch_first;
   d.T = x.shape(batch_first ? 1 : 0), d.B = x.shape(batch_first ? 0 : 1), d.I = x.shape(2);
-  d.H = w_hh.shape(1);
+  d.H = w_hh.shape(0) / 4;
+  if (!v.w_hr.is_none()) {
+    d.P = w_hh.shape(1);
+    if (d.P == 0 || d.P >= d.H) throw py::value_error("w_hr: expected 0 < P < H");
+  } else if (w_hh.shape(1) != d.H) {
+    throw py::value_error("w_hh: expected shape [4H, H] without w_hr");
+  }
   check_sizes<S>(d);
+  const Index R = d.R();
   const S* px = in_ptr<S>(x, "x", {x.shape(0), x.shape(1), d.I});
   const S* pwih = in_ptr<S>(w_ih, "w_ih", {4 * d.H, d.I});
-  const S* pwhh = in_ptr<S>(w_hh, "w_hh", {4 * d.H, d.H});
+  const S* pwhh = in_ptr<S>(w_hh, "w_hh", {4 * d.H, R});
   const S* pb = in_ptr<S>(bias, "bias", {4 * d.H});
-  const S* ph0 = in_ptr<S>(h0, "h0", {d.B, d.H});
+  const S* ph0 = in_ptr<S>(h0, "h0", {d.B, R});
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
   const lstmx::Options<S> opt = options<S>(v, d);
-  auto y = out<S>({x.shape(0), x.shape(1), d.H});
-  auto hn = out<S>({d.B, d.H}), cn = out<S>({d.B, d.H});
+  auto y = out<S>({x.shape(0), x.shape(1), R});
+  auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
   S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
   std::shared_ptr<Cache<S>> cache;
   {
@@ -172,31 +181,36 @@ template <typename S>
 py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n, bool naive) {
   const Dims& d = cache.d;
+  const Index R = d.R();
   const std::vector<Index> yshape =
-      d.batch_first ? std::vector<Index>{d.B, d.T, d.H} : std::vector<Index>{d.T, d.B, d.H};
+      d.batch_first ? std::vector<Index>{d.B, d.T, R} : std::vector<Index>{d.T, d.B, R};
   const S* pdy = in_ptr<S>(dy, "dy", yshape);
-  const S* pdhn = in_ptr<S>(dh_n, "dh_n", {d.B, d.H});
+  const S* pdhn = in_ptr<S>(dh_n, "dh_n", {d.B, R});
   const S* pdcn = in_ptr<S>(dc_n, "dc_n", {d.B, d.H});
   auto dx = out<S>({yshape[0], yshape[1], d.I});
-  auto dh0 = out<S>({d.B, d.H}), dc0 = out<S>({d.B, d.H});
-  auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, d.H});
+  auto dh0 = out<S>({d.B, R}), dc0 = out<S>({d.B, d.H});
+  auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, R});
   auto db = out<S>({4 * d.H});
-  py::object dpeep = py::none();
-  S* p6 = nullptr;
+  py::object dpeep = py::none(), dwhr = py::none();  // present with peepholes, a projection
+  lstmx::Grads<S> g{dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(),
+                    dwih.mutable_data(), dwhh.mutable_data(), db.mutable_data(), nullptr,
+                    nullptr};
   if (cache.peephole) {
     auto a = out<S>({3, d.H});
-    p6 = a.mutable_data();
+    g.dpeep = a.mutable_data();
     dpeep = a;
   }
-  S *p0 = dx.mutable_data(), *p1 = dh0.mutable_data(), *p2 = dc0.mutable_data();
-  S *p3 = dwih.mutable_data(), *p4 = dwhh.mutable_data(), *p5 = db.mutable_data();
+  if (d.P) {
+    auto a = out<S>({d.P, d.H});
+    g.dw_hr = a.mutable_data();
+    dwhr = a;
+  }
   {
     py::gil_scoped_release nogil;
     // The cache's own module runs backward, whatever ISA is active now.
-    cache.k->backward(kernel_of(naive), lstmx::num_threads(), *cache.p, pdy, pdhn, pdcn, p0, p1,
-                      p2, p3, p4, p5, p6);
+    cache.k->backward(kernel_of(naive), lstmx::num_threads(), *cache.p, pdy, pdhn, pdcn, g);
   }
-  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep);
+  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr);
 }
 
 template <typename S>
@@ -207,6 +221,8 @@ void bind_dtype(py::module_& m, const char* cache_name) {
       .def_property_readonly("B", [](const Cache<S>& c) { return c.d.B; })
       .def_property_readonly("I", [](const Cache<S>& c) { return c.d.I; })
       .def_property_readonly("H", [](const Cache<S>& c) { return c.d.H; })
+      .def_property_readonly("P", [](const Cache<S>& c) { return c.d.P; })
+      .def_property_readonly("R", [](const Cache<S>& c) { return c.d.R(); })
       .def_property_readonly("batch_first", [](const Cache<S>& c) { return c.d.batch_first; })
       .def_property_readonly("nbytes", &Cache<S>::nbytes);
   m.def("backward", &backward<S>, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
@@ -223,10 +239,10 @@ void bind_dtype(py::module_& m, const char* cache_name) {
 py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array& w_hh,
                       const py::object& bias, const py::object& h0, const py::object& c0,
                       bool batch_first, bool training, bool naive, const py::object& lengths,
-                      bool reverse, const py::object& peephole, double clip, bool input_forget,
-                      double zoneout_h, double zoneout_c, double recurrent_dropout,
-                      std::uint64_t seed, std::uint64_t stream) {
-  const Variant v{lengths, peephole, reverse, input_forget, clip, zoneout_h, zoneout_c,
+                      bool reverse, const py::object& w_hr, const py::object& peephole,
+                      double clip, bool input_forget, double zoneout_h, double zoneout_c,
+                      double recurrent_dropout, std::uint64_t seed, std::uint64_t stream) {
+  const Variant v{lengths, peephole, w_hr, reverse, input_forget, clip, zoneout_h, zoneout_c,
                   recurrent_dropout, seed, stream};
   if (py::isinstance<py::array_t<float>>(x))
     return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
@@ -245,7 +261,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
         py::arg("training"), py::arg("naive") = false, py::kw_only(),
         py::arg("lengths") = py::none(), py::arg("reverse") = false,
-        py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
+        py::arg("w_hr") = py::none(), py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0);
   m.def("uniform", [](std::uint64_t seed, std::uint64_t stream, Index count) {

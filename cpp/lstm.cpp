@@ -431,21 +431,24 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
       seq(dims, o.lengths, o.reverse),
       x(seq.N, dims.I),
       w_ih(4 * dims.H, dims.I),
-      w_hh(4 * dims.H, dims.H),
+      w_hh(4 * dims.H, dims.R()),
+      w_hr(dims.P, dims.H),
       peep(o.peephole ? 3 : 0, dims.H),
       gates(seq.N, 4 * dims.H),
-      hprev(seq.N, dims.H),
+      hprev(seq.N, dims.R()),
+      r(dims.P ? seq.N : 0, dims.H),
       c(seq.N, dims.H),
       c0(dims.B, dims.H) {
-  opt.lengths = nullptr;  // seq holds them
-  opt.peephole = o.peephole ? peep.data() : nullptr;  // filled by begin_forward
+  opt.lengths = nullptr;  // seq holds them; begin_forward fills these copies:
+  opt.peephole = o.peephole ? peep.data() : nullptr;
+  opt.w_hr = dims.P ? w_hr.data() : nullptr;
 }
 
 template <typename S>
 std::size_t Cache<S>::nbytes() const {
   return seq.nbytes() + sizeof(S) * std::size_t(x.size() + w_ih.size() + w_hh.size() +
-                                                peep.size() + gates.size() + hprev.size() +
-                                                c.size() + c0.size());
+                                                w_hr.size() + peep.size() + gates.size() +
+                                                hprev.size() + r.size() + c.size() + c0.size());
 }
 
 namespace {
@@ -455,17 +458,18 @@ template <typename S>
 bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* x, const S* w_ih,
                    const S* w_hh, const S* h0, const S* c0, const Mat<S>& md, S* y, S* h_n,
                    S* c_n, Cache<S>* cache) {
-  const Index B = d.B, H = d.H;
-  Map<S> hn(h_n, B, H), cn(c_n, B, H);  // [B, H]
+  const Index B = d.B, H = d.H, R = d.R();
+  Map<S> hn(h_n, B, R), cn(c_n, B, H);  // [B, R], [B, H]
   if (c0) cn = CMap<S>(c0, B, H); else cn.setZero();
-  if (h0) hn = CMap<S>(h0, B, H); else hn.setZero();
+  if (h0) hn = CMap<S>(h0, B, R); else hn.setZero();
   for (Index k = 0; k < B; ++k)  // y past each sequence's end
-    for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * H, H, S(0));
+    for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * R, R, S(0));
   if (q.N == 0 || H == 0) return false;
   if (cache) {
     for (Index p = 0; p < q.N; ++p) cache->x.row(p) = CMap<S>(x + q.row[p] * d.I, 1, d.I);
     cache->w_ih = CMap<S>(w_ih, 4 * H, d.I);
-    cache->w_hh = CMap<S>(w_hh, 4 * H, H);
+    cache->w_hh = CMap<S>(w_hh, 4 * H, R);
+    if (d.P) cache->w_hr = CMap<S>(opt.w_hr, d.P, H);
     if (opt.peephole) cache->peep = CMap<S>(opt.peephole, 3, H);
     for (Index k = 0; k < B; ++k) {
       cache->c0.row(k) = cn.row(q.perm[k]);
@@ -482,11 +486,11 @@ bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* 
 // training; inference updates c_n in place).
 template <typename S>
 void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const Cache<S>* cache) {
-  const Index H = d.H;
+  const Index H = d.H, R = d.R();
   for (Index k = 0; k < d.B; ++k) {
     if (q.len[k] == 0) continue;
     const Index p = q.off[q.len[k] - 1] + k, b = q.perm[k];
-    std::copy_n(y + q.row[p] * H, H, h_n + b * H);
+    std::copy_n(y + q.row[p] * R, R, h_n + b * R);
     if (cache) std::copy_n(cache->c.data() + p * H, H, c_n + b * H);
   }
 }
@@ -507,33 +511,39 @@ void weight_grads_naive(const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih
 }
 
 // The fast version: each right-hand matrix is packed (all threads share the work), then one
-// packed GEMM (gemm_part) computes the product. One scratch buffer serves all three in turn.
+// packed GEMM (gemm_part) computes the product. One scratch buffer serves all of them in turn.
+// With a projection, also dW_hr = dhn^T r (dhn [N, P]: dL/dh_new of every token).
 template <typename S>
-void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih,
-                       S* dw_hh, S* db) {
+void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, const Mat<S>& dhn,
+                       S* dx, S* dw_ih, S* dw_hh, S* db, S* dw_hr) {
   constexpr Index W = 4 * kV<S>;
-  const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H;
-  const Index npi = panel_count<S>(Panels::Plain, I), nph = panel_count<S>(Panels::Plain, H);
-  Buf<S> pk(std::max({npi * G, npi * N, nph * N}) * W);  // packed right-hand side
-  const S* dg = dG.data();                                // [N, 4H]
-  with_team(threads, npi + nph, 2.0 * N * G * (2 * I + H), [&](int tid, int nt, Errors& err) {
-    Buf<S> ap;  // this thread's copy of a block of dG^T
+  const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
+  const Index npi = panel_count<S>(Panels::Plain, I), npr = panel_count<S>(Panels::Plain, R);
+  const Index nph = cache.d.P ? panel_count<S>(Panels::Plain, H) : 0;
+  Buf<S> pk(std::max({npi * G, npi * N, npr * N, nph * N}) * W);  // packed right-hand side
+  const S* dg = dG.data();                                         // [N, 4H]
+  const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
+  with_team(threads, npi + npr, flops, [&](int tid, int nt, Errors& err) {
+    Buf<S> ap;  // this thread's copy of a block of A^T
     err.run([&] { ap.resize(kKC<S> * kMC); });
-    // C[M, n] = A B, A = dG (a_rows) or dG^T, B(k, n) = b[k * ldb + n] (K x n) packed first.
-    auto product = [&](Index M, Index n, Index K, bool a_rows, const S* b, Index ldb, S* c,
-                       const Index* crow) {
+    // C[M, n] = A B with A(m, k) = a[m * lda + k] (a_rows) or a[k * lda + m], and
+    // B(k, n) = b[k * ldb + n] (K x n) packed first.
+    auto product = [&](Index M, Index n, Index K, const S* a, Index lda, bool a_rows, const S* b,
+                       Index ldb, S* c, const Index* crow) {
       Index p0, p1;
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
       err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
       barrier();
       err.run([&] {
-        gemm_part<S>(tid, nt, M, n, K, dg, G, pk.data(), c, n, a_rows, ap.data(), crow);
+        gemm_part<S>(tid, nt, M, n, K, a, lda, pk.data(), c, n, a_rows, ap.data(), crow);
       });
       barrier();  // before pk is packed again
     };
-    product(N, I, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dx = dG W_ih
-    product(G, I, N, false, cache.x.data(), I, dw_ih, nullptr);       // dW_ih [4H, I] = dG^T x
-    product(G, H, N, false, cache.hprev.data(), H, dw_hh, nullptr);   // dW_hh [4H, H] = dG^T hprev
+    product(N, I, G, dg, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dG W_ih
+    product(G, I, N, dg, G, false, cache.x.data(), I, dw_ih, nullptr);      // dW_ih = dG^T x
+    product(G, R, N, dg, G, false, cache.hprev.data(), R, dw_hh, nullptr);  // dW_hh = dG^T hprev
+    if (cache.d.P)
+      product(R, H, N, dhn.data(), R, false, cache.r.data(), H, dw_hr, nullptr);  // dhn^T r
     Index c0, c1;  // db: this thread's columns
     share(G, nt, tid, c0, c1);
     err.run([&] {  // rows in order, whatever the split: the sums do not depend on it
@@ -630,8 +640,11 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   // [N, 4H] buffer. Training writes it into the cache's gates, where the step puts the
   // activations.
   const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
-  // Buffers, sized once: packed weights, and the projection of Tc steps (inference only).
-  Buf<S> wi(np * I * W), wh(np * H * W), scratch(cache ? 0 : Tc * B * G);
+  const Index R = d.R(), npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+  const bool proj = d.P > 0;
+  // Buffers, sized once: packed weights, the projection of Tc steps and r_t (inference only).
+  Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
+  Buf<S> scratch(cache ? 0 : Tc * B * G), rs(cache || !proj ? 0 : B * H);
   S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [Tc*B, 4H]
   const bool training = cache != nullptr, peep = opt.peephole, clip = opt.clip > 0;
   const bool zc = opt.zoneout_c > 0, zh = opt.zoneout_h > 0;
@@ -640,14 +653,16 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   auto clamp = [&](P z) __attribute__((always_inline)) {
     return ei::pmin<Eigen::PropagateNaN>(ei::pmax<Eigen::PropagateNaN>(z, lo), hi);
   };
-  with_team(threads, np, 2.0 * q.N * G * (I + H), [&](int tid, int nt, Errors& err) {
+  with_team(threads, np, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(Tc * B * W); });
-    Index p0, p1;
+    Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
+    share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
     err.run([&] {
       pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
-      pack<S>(Panels::Gates, p0, p1, H, G, w_hh, 1, H, wh.data());  // W_hh^T
+      pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh.data());  // W_hh^T
+      if (proj) pack<S>(Panels::Plain, pr0, pr1, H, d.P, opt.w_hr, 1, H, whr.data());  // W_hr^T
     });
     for (Index s = 0; s < T; ++s) {
       const Index s0 = s - s % Tc;  // first step of the projection chunk
@@ -676,17 +691,29 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
           }
         });
       const Index Bs = q.n[s];
-      // h_{t-1} of entry k, rows of y (or h_n = h_0); times m in training (recurrent dropout)
+      // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
       auto hprev = [&](Index k) __attribute__((always_inline)) {
-        return s ? y + q.row[q.off[s - 1] + k] * H : h_n + q.perm[k] * H;
+        return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
+      };
+      // h_t of entry k, units [j0, j0 + nv) of R: zoneout, then y and step t+1's h_{t-1}
+      auto emit = [&](Index k, Index j0, Index nv, P h) __attribute__((always_inline)) {
+        const Index pos = q.off[s] + k, b = q.perm[k];
+        if (zh) {
+          const P z = zoneout<S>(opt, kZoneoutH, training, opt.zoneout_h, s, B, b, R, j0, nv);
+          h = ei::padd(ei::pmul(z, load(hprev(k) + j0, nv)), ei::pmul(ei::psub(one, z), h));
+        }
+        store(y + q.row[pos] * R + j0, h, nv);
+        if (training && s + 1 < T && k < q.n[s + 1])  // times m (recurrent dropout)
+          store(cache->hprev.data() + (q.off[s + 1] + k) * R + j0,
+                md.size() ? ei::pmul(h, load(md.data() + b * R + j0, nv)) : h, nv);
       };
       err.run([&] {
         for (Index p = p0; p < p1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);  // units [j0, j0 + nv)
           panel_rows<S>(
-              Bs, s || h0 ? H : 0, wh.data() + p * H * W,  // h_{-1} = 0 adds nothing
+              Bs, s || h0 ? R : 0, wh.data() + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index k) __attribute__((always_inline)) {
-                return training ? cache->hprev.data() + (q.off[s] + k) * H : hprev(k);
+                return training ? cache->hprev.data() + (q.off[s] + k) * R : hprev(k);
               },
               [&](Index k, int g) __attribute__((always_inline)) {  // the input projection
                 return load(gates + grow(q.off[s] + k) * G + g * H + j0, nv);
@@ -708,48 +735,69 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                 if (peep) zo = ei::pmadd(load(pp + 2 * H + j0, nv), cn, zo);
                 if (clip) zo = clamp(zo);
                 const P o = vsigmoid(zo);
-                P h = ei::pmul(o, vtanh(cn)), c = cn;
+                const P r = ei::pmul(o, vtanh(cn));
+                P c = cn;
                 if (zc) {
                   const P z = zoneout<S>(opt, kZoneoutC, training, opt.zoneout_c, s, B, b, H, j0, nv);
                   c = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cn));
                 }
-                if (zh) {
-                  const P z = zoneout<S>(opt, kZoneoutH, training, opt.zoneout_h, s, B, b, H, j0, nv);
-                  h = ei::padd(ei::pmul(z, load(hprev(k) + j0, nv)), ei::pmul(ei::psub(one, z), h));
-                }
                 store((training ? cache->c.data() + pos * H : c_n + b * H) + j0, c, nv);
-                store(y + q.row[pos] * H + j0, h, nv);
-                if (training) {  // activated gates, and h_t (times m) as step t+1's h_{t-1}
+                if (training) {  // the activated gates
                   S* gs = gates + pos * G + j0;
                   store(gs, i, nv), store(gs + H, f, nv), store(gs + 2 * H, g, nv);
                   store(gs + 3 * H, o, nv);
-                  if (s + 1 < T && k < q.n[s + 1])
-                    store(cache->hprev.data() + (q.off[s + 1] + k) * H + j0,
-                          md.size() ? ei::pmul(h, load(md.data() + b * H + j0, nv)) : h, nv);
                 }
+                if (proj)  // r, for h_t = r W_hr^T once every unit's r is there
+                  store((training ? cache->r.data() + pos * H : rs.data() + k * H) + j0, r, nv);
+                else
+                  emit(k, j0, nv, r);
               },
               part.data());
         }
       });
+      if (proj) {
+        barrier();  // r_t complete
+        err.run([&] {
+          for (Index p = pr0; p < pr1; ++p) {
+            const Index u0 = p * W;  // units [u0, u0 + 4V) of P
+            panel_rows<S>(
+                Bs, H, whr.data() + p * H * W,
+                [&](Index k) __attribute__((always_inline)) {
+                  return training ? cache->r.data() + (q.off[s] + k) * H : rs.data() + k * H;
+                },
+                [&](Index, int) __attribute__((always_inline)) { return ei::pzero(one); },
+                [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                  const P a[4] = {a0, a1, a2, a3};
+                  for (int g = 0; g < 4; ++g) {
+                    const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
+                    if (nv) emit(k, u0 + g * V, nv, a[g]);
+                  }
+                },
+                part.data());
+          }
+        });
+      }
       barrier();  // h_t complete before step t+1 reads it
     }
   });
 }
 
-// dhs, dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit. dpeep [3, H] or
-// nullptr.
+// dhs [B, R], dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit. dpeep
+// [3, H] or nullptr. With a projection, dhn [N, R] receives dL/dh_new of every token (for dW_hr).
 template <typename S>
 void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
-                   Mat<S>& dG, S* dpeep) {
+                   Mat<S>& dG, S* dpeep, Mat<S>& dhn) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Dims& d = cache.d;
   const Seq& q = cache.seq;
   const Options<S>& opt = cache.opt;
-  const Index T = d.T, B = d.B, H = d.H, G = 4 * H;
-  const Index np = panel_count<S>(Panels::Plain, H);  // W_hh panels: 4V units, K = 4H
-  Buf<S> wh(np * G * W);
-  const Mat<S> md = dropout_mask(opt, B, H, true);
+  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, R = d.R();
+  const bool proj = d.P > 0;
+  const Index npr = panel_count<S>(Panels::Plain, R);   // W_hh panels: 4V units of R, K = 4H
+  const Index nph = proj ? panel_count<S>(Panels::Plain, H) : 0;  // W_hr: 4V units, K = P
+  Buf<S> wh(npr * G * W), whr(nph * d.P * W);
+  const Mat<S> md = dropout_mask(opt, B, R, true);
   const bool peep = opt.peephole, clip = opt.clip > 0, zc = opt.zoneout_c > 0;
   const bool zh = opt.zoneout_h > 0;
   const S* pp = opt.peephole;  // [3, H]
@@ -758,101 +806,134 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   // the activations of -clip and clip: where a clipped gate sits when it was clamped
   const P slo = vsigmoid(ei::pset1<P>(-opt.clip)), shi = vsigmoid(ei::pset1<P>(opt.clip));
   const P tlo = vtanh(ei::pset1<P>(-opt.clip)), thi = vtanh(ei::pset1<P>(opt.clip));
-  with_team(threads, np, 2.0 * q.N * G * H, [&](int tid, int nt, Errors& err) {
+  const double flops = 2.0 * q.N * (G * R + d.P * H);
+  with_team(threads, std::max(npr, nph), flops, [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });
-    Index p0, p1;
-    share(np, nt, tid, p0, p1);  // this thread's units: [p0 4V, p1 4V), for good
-    err.run([&] { pack<S>(Panels::Plain, p0, p1, G, H, cache.w_hh.data(), H, 1, wh.data()); });
-    // dh_t = dG_{t+1} W_hh (times m) for the thread's units, plus what dhs carries (dh_n at a
-    // sequence's last step, the zoneout share of dh_{t+1} before); the cell backward runs on
-    // the tile. Step -1 leaves dh_0 in dhs.
+    Index p0, p1, ph0, ph1;
+    share(npr, nt, tid, p0, p1);    // this thread's units of h: [p0 4V, p1 4V), for good
+    share(nph, nt, tid, ph0, ph1);  // and of r, with a projection
+    err.run([&] {
+      pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh.data());
+      if (proj) pack<S>(Panels::Plain, ph0, ph1, d.P, H, cache.w_hr.data(), H, 1, whr.data());
+    });
+    // Step s, from T - 1 down to -1 (which leaves dh_0 in dhs):
+    //   dh_t = dG_{t+1} W_hh (times m) for the thread's units of h, plus what dhs carries (dh_n
+    //   at a sequence's last step, the zoneout share of dh_{t+1} before), plus dy_t;
+    //   dr_t = dh_new (no projection), or dh_new W_hr after a barrier; the cell backward on
+    //   the tile writes dG_t.
     for (Index s = T - 1; s >= -1; --s) {
       const Index Bs = s < 0 ? B : q.n[s], m = q.n[s + 1];  // rows, rows with dG_{s+1}
+      // dL/dh_new of entry k, units [j, j + n) of R, from the tile a = dG_{s+1} W_hh
+      auto head = [&](Index k, Index j, Index n, P a) __attribute__((always_inline)) {
+        const Index b = q.perm[k];
+        P dh = md.size() ? ei::pmul(a, load(md.data() + b * R + j, n)) : a;
+        dh = ei::padd(dh, load(dhs.data() + k * R + j, n));
+        if (s < 0) {  // dh_0
+          store(dhs.data() + k * R + j, dh, n);
+          return dh;
+        }
+        const Index pos = q.off[s] + k;
+        if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * R + j, n));
+        if (zh) {  // h_t = z h_{t-1} + (1 - z) h_new
+          const P z = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, B, b, R, j, n);
+          store(dhs.data() + k * R + j, ei::pmul(z, dh), n);
+          dh = ei::pmul(ei::psub(one, z), dh);
+        } else {
+          store(dhs.data() + k * R + j, zero, n);
+        }
+        if (proj) store(dhn.data() + pos * R + j, dh, n);
+        return dh;
+      };
+      // the cell backward of entry k, units [j, j + n) of H, given dL/dr
+      auto cell = [&](Index k, Index j, Index n, P dr) __attribute__((always_inline)) {
+        const Index pos = q.off[s] + k, b = q.perm[k];
+        const S* gb = cache.gates.data() + pos * G;
+        const P i = load(gb + j, n), f = load(gb + H + j, n), gg = load(gb + 2 * H + j, n),
+                o = load(gb + 3 * H + j, n);
+        const P cp = load(s ? cache.c.data() + (q.off[s - 1] + k) * H + j
+                            : cache.c0.data() + k * H + j, n);  // c_{t-1}
+        // the new cell value, before zoneout
+        const P cn = zc ? ei::padd(ei::pmul(f, cp), ei::pmul(i, gg))
+                        : load(cache.c.data() + pos * H + j, n);
+        const P tc = vtanh(cn), dcar = load(dcs.data() + k * H + j, n);
+        P dcn = dcar, z = zero;
+        if (zc) {  // c_t = z c_{t-1} + (1 - z) c_new
+          z = zoneout<S>(opt, kZoneoutC, true, opt.zoneout_c, s, B, b, H, j, n);
+          dcn = ei::pmul(ei::psub(one, z), dcar);
+        }
+        P dzo = ei::pmul(ei::pmul(dr, tc), ei::pmul(o, ei::psub(one, o)));
+        if (clip) dzo = ei::pand(dzo, inside(o, slo, shi));
+        dcn = ei::padd(dcn, ei::pmul(ei::pmul(dr, o), ei::psub(one, ei::pmul(tc, tc))));
+        if (peep) dcn = ei::pmadd(dzo, load(pp + 2 * H + j, n), dcn);
+        P di = ei::pmul(dcn, gg), dzf = zero;
+        if (opt.input_forget) di = ei::psub(di, ei::pmul(dcn, cp));
+        else dzf = ei::pmul(ei::pmul(dcn, cp), ei::pmul(f, ei::psub(one, f)));
+        P dzi = ei::pmul(di, ei::pmul(i, ei::psub(one, i)));
+        P dzg = ei::pmul(ei::pmul(dcn, i), ei::psub(one, ei::pmul(gg, gg)));
+        if (clip) {
+          dzi = ei::pand(dzi, inside(i, slo, shi));
+          dzf = ei::pand(dzf, inside(f, slo, shi));
+          dzg = ei::pand(dzg, inside(gg, tlo, thi));
+        }
+        S* dgb = dG.data() + pos * G;
+        store(dgb + j, dzi, n), store(dgb + H + j, dzf, n);
+        store(dgb + 2 * H + j, dzg, n), store(dgb + 3 * H + j, dzo, n);
+        P dcp = ei::pmul(dcn, f);  // dL/dc_{t-1}
+        if (zc) dcp = ei::padd(dcp, ei::pmul(z, dcar));
+        if (peep) {
+          dcp = ei::pmadd(dzi, load(pp + j, n), dcp);
+          dcp = ei::pmadd(dzf, load(pp + H + j, n), dcp);
+          store(dpeep + j, ei::pmadd(dzi, cp, load(dpeep + j, n)), n);
+          store(dpeep + H + j, ei::pmadd(dzf, cp, load(dpeep + H + j, n)), n);
+          store(dpeep + 2 * H + j, ei::pmadd(dzo, cn, load(dpeep + 2 * H + j, n)), n);
+        }
+        store(dcs.data() + k * H + j, dcp, n);
+      };
+      auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
+      // Runs f(k, j, n, tile vector) over the 4 vectors of panel p (4V units of `units`).
+      auto tiles = [&](Index p, Index units, auto&& f) __attribute__((always_inline)) {
+        return [&, p, units](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+          const P a[4] = {a0, a1, a2, a3};
+          for (int g = 0; g < 4; ++g) {
+            const Index j = p * W + g * V, n = std::clamp<Index>(units - j, 0, V);
+            if (n) f(k, j, n, a[g]);
+          }
+        };
+      };
+      auto head_cell = [&](Index k, Index j, Index n, P a) __attribute__((always_inline)) {
+        const P dh = head(k, j, n, a);
+        if (!proj && s >= 0) cell(k, j, n, dh);
+      };
       err.run([&] {
         for (Index p = p0; p < p1; ++p) {
-          const Index u0 = p * W;  // units [u0, u0 + 4V)
-          Index nv[4];
-          for (int g = 0; g < 4; ++g) nv[g] = std::clamp<Index>(H - u0 - g * V, 0, V);
-          auto cell = [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-            const P a[4] = {a0, a1, a2, a3};
-            const Index b = q.perm[k];
-            for (int g = 0; g < 4; ++g) {
-              const Index j = u0 + g * V, n = nv[g];
-              if (!n) continue;
-              P dh = md.size() ? ei::pmul(a[g], load(md.data() + b * H + j, n)) : a[g];
-              dh = ei::padd(dh, load(dhs.data() + k * H + j, n));
-              if (s < 0) {  // dh_0
-                store(dhs.data() + k * H + j, dh, n);
-                continue;
-              }
-              const Index pos = q.off[s] + k;
-              if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * H + j, n));
-              const S* gb = cache.gates.data() + pos * G;
-              const P i = load(gb + j, n), f = load(gb + H + j, n), gg = load(gb + 2 * H + j, n),
-                      o = load(gb + 3 * H + j, n);
-              const P cp = load(s ? cache.c.data() + (q.off[s - 1] + k) * H + j
-                                  : cache.c0.data() + k * H + j, n);  // c_{t-1}
-              // the new cell value, before zoneout
-              const P cn = zc ? ei::padd(ei::pmul(f, cp), ei::pmul(i, gg))
-                              : load(cache.c.data() + pos * H + j, n);
-              const P tc = vtanh(cn), dcar = load(dcs.data() + k * H + j, n);
-              P dhn = dh, dcn = dcar, z = zero;
-              if (zh) {  // h_t = z h_{t-1} + (1 - z) h_new
-                const P zz = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, B, b, H, j, n);
-                dhn = ei::pmul(ei::psub(one, zz), dh);
-                store(dhs.data() + k * H + j, ei::pmul(zz, dh), n);
-              } else {
-                store(dhs.data() + k * H + j, zero, n);
-              }
-              if (zc) {  // c_t = z c_{t-1} + (1 - z) c_new
-                z = zoneout<S>(opt, kZoneoutC, true, opt.zoneout_c, s, B, b, H, j, n);
-                dcn = ei::pmul(ei::psub(one, z), dcar);
-              }
-              P dzo = ei::pmul(ei::pmul(dhn, tc), ei::pmul(o, ei::psub(one, o)));
-              if (clip) dzo = ei::pand(dzo, inside(o, slo, shi));
-              dcn = ei::padd(dcn, ei::pmul(ei::pmul(dhn, o), ei::psub(one, ei::pmul(tc, tc))));
-              if (peep) dcn = ei::pmadd(dzo, load(pp + 2 * H + j, n), dcn);
-              P di = ei::pmul(dcn, gg), dzf = zero;
-              if (opt.input_forget) di = ei::psub(di, ei::pmul(dcn, cp));
-              else dzf = ei::pmul(ei::pmul(dcn, cp), ei::pmul(f, ei::psub(one, f)));
-              P dzi = ei::pmul(di, ei::pmul(i, ei::psub(one, i)));
-              P dzg = ei::pmul(ei::pmul(dcn, i), ei::psub(one, ei::pmul(gg, gg)));
-              if (clip) {
-                dzi = ei::pand(dzi, inside(i, slo, shi));
-                dzf = ei::pand(dzf, inside(f, slo, shi));
-                dzg = ei::pand(dzg, inside(gg, tlo, thi));
-              }
-              S* dgb = dG.data() + pos * G;
-              store(dgb + j, dzi, n), store(dgb + H + j, dzf, n);
-              store(dgb + 2 * H + j, dzg, n), store(dgb + 3 * H + j, dzo, n);
-              P dcp = ei::pmul(dcn, f);  // dL/dc_{t-1}
-              if (zc) dcp = ei::padd(dcp, ei::pmul(z, dcar));
-              if (peep) {
-                dcp = ei::pmadd(dzi, load(pp + j, n), dcp);
-                dcp = ei::pmadd(dzf, load(pp + H + j, n), dcp);
-                store(dpeep + j, ei::pmadd(dzi, cp, load(dpeep + j, n)), n);
-                store(dpeep + H + j, ei::pmadd(dzf, cp, load(dpeep + H + j, n)), n);
-                store(dpeep + 2 * H + j, ei::pmadd(dzo, cn, load(dpeep + 2 * H + j, n)), n);
-              }
-              store(dcs.data() + k * H + j, dcp, n);
-            }
-          };
-          auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
+          auto f = tiles(p, R, head_cell);
           panel_rows<S>(  // the entries still running at step s + 1: dG_{s+1} W_hh
               m, G, wh.data() + p * G * W,
               [&](Index k) __attribute__((always_inline)) {
                 return dG.data() + (q.off[s + 1] + k) * G;
               },
-              zeros, cell, part.data());
+              zeros, f, part.data());
           panel_rows<S>(  // those whose last step is s: no recurrent term
               Bs - m, 0, wh.data(), [&](Index) { return wh.data(); }, zeros,
               [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                cell(m + k, a0, a1, a2, a3);
+                f(m + k, a0, a1, a2, a3);
               },
               part.data());
         }
       });
+      if (proj && s >= 0) {
+        barrier();  // dh_new complete
+        err.run([&] {
+          for (Index p = ph0; p < ph1; ++p)
+            panel_rows<S>(  // dr = dh_new W_hr
+                Bs, d.P, whr.data() + p * d.P * W,
+                [&](Index k) __attribute__((always_inline)) {
+                  return dhn.data() + (q.off[s] + k) * R;
+                },
+                zeros, tiles(p, H, cell), part.data());
+        });
+      }
       barrier();  // dG_t complete before step t-1 reads it
     }
   });
@@ -864,11 +945,12 @@ template <typename S>
 void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, const S* x,
                   const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
                   S* h_n, S* c_n, Cache<S>* cache) {
-  if (k == Kernel::Naive && !opt.plain())
+  if (k == Kernel::Naive && (!opt.plain() || d.P))
     throw std::invalid_argument("kernel: the naive kernel implements lengths and reverse only");
+  if (d.P && !opt.w_hr) throw std::invalid_argument("w_hr: required when P > 0");
   std::optional<Seq> own;  // the visiting order (the cache keeps its own)
   const Seq& q = cache ? cache->seq : own.emplace(d, opt.lengths, opt.reverse);
-  const Mat<S> md = dropout_mask(opt, d.B, d.H, cache != nullptr);
+  const Mat<S> md = dropout_mask(opt, d.B, d.R(), cache != nullptr);
   if (!begin_forward(d, q, opt, x, w_ih, w_hh, h0, c0, md, y, h_n, c_n, cache)) return;
   if (k == Kernel::Naive)
     forward_naive(d, q, x, w_ih, w_hh, bias, y, h_n, c_n, cache);
@@ -879,36 +961,38 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
 
 template <typename S>
 void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
-                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dpeep) {
+                   const S* dc_n, const Grads<S>& g) {
   const Dims& d = cache.d;
   const Seq& q = cache.seq;
-  const Index B = d.B, I = d.I, H = d.H, G = 4 * H, N = q.N;
-  if (k == Kernel::Naive && !cache.opt.plain())
+  const Index B = d.B, I = d.I, H = d.H, G = 4 * H, R = d.R(), N = q.N;
+  if (k == Kernel::Naive && (!cache.opt.plain() || d.P))
     throw std::invalid_argument("kernel: the naive kernel implements lengths and reverse only");
-  Mat<S> dhs(B, H), dcs(B, H);  // by entry: dh_n, dc_n in; dh_0, dc_0 out
+  Mat<S> dhs(B, R), dcs(B, H);  // by entry: dh_n, dc_n in; dh_0, dc_0 out
   for (Index e = 0; e < B; ++e) {
     const Index b = q.perm[e];
-    if (dh_n) dhs.row(e) = CMap<S>(dh_n + b * H, 1, H); else dhs.row(e).setZero();
+    if (dh_n) dhs.row(e) = CMap<S>(dh_n + b * R, 1, R); else dhs.row(e).setZero();
     if (dc_n) dcs.row(e) = CMap<S>(dc_n + b * H, 1, H); else dcs.row(e).setZero();
   }
-  if (N < d.T * B) Map<S>(dx, d.T * B, I).setZero();  // the padding
-  if (dpeep) Map<S>(dpeep, 3, H).setZero();
+  if (N < d.T * B || H == 0) Map<S>(g.dx, d.T * B, I).setZero();  // the padding
+  if (g.dpeep) Map<S>(g.dpeep, 3, H).setZero();
   if (N == 0 || H == 0) {
-    Map<S>(dw_ih, G, I).setZero(), Map<S>(dw_hh, G, H).setZero(), Map<S>(db, 1, G).setZero();
-    if (N) Map<S>(dx, d.T * B, I).setZero();
+    Map<S>(g.dw_ih, G, I).setZero(), Map<S>(g.dw_hh, G, R).setZero();
+    Map<S>(g.db, 1, G).setZero();
+    if (g.dw_hr) Map<S>(g.dw_hr, d.P, H).setZero();
   } else {
-    Mat<S> dG(N, G);  // [N, 4H] per-call scratch: gradients of the pre-activation gates
+    Mat<S> dG(N, G);                // [N, 4H] per-call scratch: gradients of the pre-activations
+    Mat<S> dhn(d.P ? N : 0, R);     // [N, P] dL/dh_new, with a projection
     if (k == Kernel::Naive) {
       backward_naive(cache, dy, dhs, dcs, dG);
-      weight_grads_naive(cache, dG, dx, dw_ih, dw_hh, db);
+      weight_grads_naive(cache, dG, g.dx, g.dw_ih, g.dw_hh, g.db);
     } else {
-      backward_fast(threads, cache, dy, dhs, dcs, dG, dpeep);
-      weight_grads_fast(threads, cache, dG, dx, dw_ih, dw_hh, db);
+      backward_fast(threads, cache, dy, dhs, dcs, dG, g.dpeep, dhn);
+      weight_grads_fast(threads, cache, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
     }
   }
   for (Index e = 0; e < B; ++e) {
-    Map<S>(dh0 + q.perm[e] * H, 1, H) = dhs.row(e);
-    Map<S>(dc0 + q.perm[e] * H, 1, H) = dcs.row(e);
+    Map<S>(g.dh0 + q.perm[e] * R, 1, R) = dhs.row(e);
+    Map<S>(g.dc0 + q.perm[e] * H, 1, H) = dcs.row(e);
   }
 }
 

@@ -9,8 +9,11 @@
 //   c_t = f * c_{t-1} + i * g
 //   h_t = o * tanh(c_t)
 //
-// Sizes: T steps, B batch, I input features, H hidden units. All matrices are row-major.
-//   W_ih [4H, I]   W_hh [4H, H]   bias [4H] (or nullptr)
+// Sizes: T steps, B batch, I input features, H hidden units, P projection size (0: none).
+// The recurrent state h has R = P (with a projection) or H units. All matrices are row-major.
+//   W_ih [4H, I]   W_hh [4H, R]   bias [4H] (or nullptr)   W_hr [P, H] (Options::w_hr)
+//   h0, h_n [B, R]   c0, c_n [B, H]   y [T, B, R]
+// With a projection (PyTorch's proj_size), h_t = (o * tanh(c_t)) W_hr^T.
 //
 // Sequence layout. x [T, B, I] and y, dy, dx are time-major, or batch-major ([B, T, I]) when
 // batch_first is set: the row of (time t, batch entry b) is  batch_first ? b * T + t : t * B + b.
@@ -76,6 +79,8 @@ using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 struct Dims {
   Index T = 0, B = 0, I = 0, H = 0;
   bool batch_first = false;
+  Index P = 0;
+  Index R() const { return P ? P : H; }  // units of h
   Index row(Index t, Index b) const { return batch_first ? b * T + t : t * B + b; }
 };
 
@@ -83,6 +88,7 @@ template <typename S>
 struct Options {
   const std::int64_t* lengths = nullptr;  // [B], or nullptr: every sequence has T steps
   bool reverse = false;
+  const S* w_hr = nullptr;                // [P, H], when Dims::P > 0
   const S* peephole = nullptr;            // [3, H]: p_i, p_f, p_o
   S clip = 0;                             // 0: no clip
   bool input_forget = false;
@@ -131,10 +137,12 @@ struct Cache {
   Seq seq;
   Mat<S> x;      // [N, I]   copy of the input
   Mat<S> w_ih;   // [4H, I]  copy of the weights used
-  Mat<S> w_hh;   // [4H, H]
+  Mat<S> w_hh;   // [4H, R]
+  Mat<S> w_hr;   // [P, H]   (or empty)
   Mat<S> peep;   // [3, H]   copy of the peepholes (or empty)
   Mat<S> gates;  // [N, 4H]  activated gates i, f, g, o of every token (f = 1 - i if coupled)
-  Mat<S> hprev;  // [N, H]   h_{t-1} * m (recurrent dropout) of every token
+  Mat<S> hprev;  // [N, R]   h_{t-1} * m (recurrent dropout) of every token
+  Mat<S> r;      // [N, H]   o * tanh(c_t) of every token, when projected (or empty)
   Mat<S> c;      // [N, H]   c_t of every token (after zoneout)
   Mat<S> c0;     // [B, H]   c_0, by entry k
   Cache(const Dims& dims, const Options<S>& o);
@@ -143,8 +151,8 @@ struct Cache {
 
 // ---- The sequence: forward and backward through time ---------------------------------------
 
-// x [T,B,I] or [B,T,I]; h0, c0 [B, H] or nullptr (zeros); bias [4H] or nullptr.
-// Writes y (layout of x), h_n, c_n [B, H]. With cache == nullptr (inference) only the state is
+// x [T,B,I] or [B,T,I]; h0 [B, R], c0 [B, H] or nullptr (zeros); bias [4H] or nullptr.
+// Writes y (layout of x), h_n [B, R], c_n [B, H]. With cache == nullptr (inference) only the state is
 // kept, plus a scratch for the input projection of about 192 tokens; otherwise cache
 // (constructed with the same dims and options) is filled for backward, and masks are random.
 // The naive kernel implements lengths and reverse but no other option (std::invalid_argument).
@@ -153,13 +161,25 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
                   const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
                   S* h_n, S* c_n, Cache<S>* cache);
 
-// dy (layout of x) or nullptr; dh_n, dc_n [B, H] or nullptr (zeros).
-// Writes dx (layout of x), dh0, dc0 [B, H], dw_ih [4H, I], dw_hh [4H, H], db [4H] (the
-// gradient of b_ih and of b_hh alike) and, with peepholes, dpeep [3, H]. The reverse loop
+// What backward writes. db is the gradient of b_ih and of b_hh alike; dpeep and dw_hr are
+// written when the forward pass had peepholes or a projection.
+template <typename S>
+struct Grads {
+  S* dx;     // layout of x
+  S* dh0;    // [B, R]
+  S* dc0;    // [B, H]
+  S* dw_ih;  // [4H, I]
+  S* dw_hh;  // [4H, R]
+  S* db;     // [4H]
+  S* dpeep;  // [3, H] or nullptr
+  S* dw_hr;  // [P, H] or nullptr
+};
+
+// dy (layout of x) or nullptr; dh_n [B, R], dc_n [B, H] or nullptr (zeros). The reverse loop
 // reads every cache buffer; the weight gradients are GEMMs after it.
 template <typename S>
 void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
-                   const S* dc_n, S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dpeep);
+                   const S* dc_n, const Grads<S>& g);
 
 // ---- The table each ISA module exports to lstmx._core ------------------------------------------
 // Caches are created and freed inside the module that uses them (Eigen's alignment differs
@@ -171,8 +191,7 @@ struct KernelTable {
   std::size_t (*cache_nbytes)(const Cache<S>*);
   void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
                   const S*, const S*, const S*, S*, S*, S*, Cache<S>*);
-  void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, S*, S*, S*, S*, S*,
-                   S*, S*);
+  void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, const Grads<S>&);
   // Test hook: the fast kernels' vectorised sigmoid and tanh of x [n] into sig, th [n].
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };

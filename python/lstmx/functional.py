@@ -16,6 +16,8 @@ Shapes (T steps, B batch, I input features, H hidden units; gate order i, f, g, 
 Variants (keyword arguments of :func:`lstm` and :func:`lstm_train`; see ``cpp/lstmx.h``):
 
 =====================  ==========================================================================
+``w_hr``               ``[P, H]`` projection (PyTorch's ``proj_size``): ``h = (o * tanh(c)) w_hr^T``;
+                       ``w_hh`` is then ``[4H, P]``, and ``h0``, ``h_n``, ``y`` have ``P`` units
 ``lengths``            ``[B]`` ints in ``[0, T]``, any order: sequence ``b`` runs ``lengths[b]``
                        steps; ``y`` is 0 past its end, ``h_n``/``c_n`` are its state at its end.
                        Padding costs nothing: the active batch shrinks as sequences end.
@@ -68,7 +70,7 @@ class LSTMGrads(NamedTuple):
     ``dx`` has the shape of ``x``; ``dh0``/``dc0`` that of the initial state (for a cell step:
     of ``h``/``c``); ``dw_*`` that of the weights. ``db_ih`` and ``db_hh`` are equal (both biases
     enter the gates the same way) and are ``None`` when the forward pass had no bias;
-    ``dpeephole`` is ``None`` without peepholes.
+    ``dpeephole`` is ``None`` without peepholes, ``dw_hr`` without a projection.
     """
 
     dx: Array
@@ -79,6 +81,7 @@ class LSTMGrads(NamedTuple):
     db_ih: Array | None
     db_hh: Array | None
     dpeephole: Array | None = None
+    dw_hr: Array | None = None
 
 
 class Tape:
@@ -200,6 +203,7 @@ class _Args(NamedTuple):
     c0: np.ndarray | None
     has_bias: bool
     batch_first: bool = False
+    w_hr: np.ndarray | None = None
 
 
 def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
@@ -211,11 +215,24 @@ def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
     return H
 
 
+def _check_projected(wih: np.ndarray, whh: np.ndarray, whr: np.ndarray, I: int) -> tuple[int, int]:
+    """Shape checks with a projection: ``w_hr [P, H]``, ``w_hh [4H, P]``, ``w_ih [4H, I]``;
+    returns (H, P)."""
+    if whr.ndim != 2 or not 0 < whr.shape[0] < whr.shape[1]:
+        raise ValueError(f"w_hr: expected shape [P, H] with 0 < P < H, got {whr.shape}")
+    P, H = whr.shape
+    _expect_shape("w_hh", whh, (4 * H, P), "[4H, P]")
+    _expect_shape("w_ih", wih, (4 * H, I), "[4H, I]")
+    return H, P
+
+
 def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
                 b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
-                batch_first: bool, training: bool, cell: bool = False) -> _Args:
+                batch_first: bool, training: bool, cell: bool = False,
+                w_hr: ArrayLike | None = None) -> _Args:
     """Every check of a forward call, then C-contiguous copies where needed. The call's dtype
     is x's (the weights' if x is a list). ``cell``: x is one step ``[B, I]``, the state ``h, c``.
+    With ``w_hr [P, H]`` (a projection) ``w_hh`` is ``[4H, P]`` and ``h0`` is ``[B, P]``.
     """
     dt, src = _call_dtype(("x", x), ("w_hh", w_hh), ("w_ih", w_ih))
     xa = _float_array("x", x, dt, src)
@@ -230,11 +247,16 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
     I = xa.shape[2]
     whh = _float_array("w_hh", w_hh, dt, src)
     wih = _float_array("w_ih", w_ih, dt, src)
-    H = _check_weights(wih, whh, I)
+    whr = None if w_hr is None else _float_array("w_hr", w_hr, dt, src)
+    if whr is None:
+        H = R = _check_weights(wih, whh, I)
+    else:
+        H, R = _check_projected(wih, whh, whr, I)
     opt: dict[str, np.ndarray | None] = {}
     hn, cn = ("h", "c") if cell else ("h0", "c0")
     for nm, a, shape, desc in (("b_ih", b_ih, (4 * H,), "[4H]"), ("b_hh", b_hh, (4 * H,), "[4H]"),
-                               (hn, h0, (B, H), "[B, H]"), (cn, c0, (B, H), "[B, H]")):
+                               (hn, h0, (B, R), "[B, H]" if whr is None else "[B, P]"),
+                               (cn, c0, (B, H), "[B, H]")):
         opt[nm] = None if a is None else _float_array(nm, a, dt, src)
         if opt[nm] is not None:
             _expect_shape(nm, opt[nm], shape, desc)  # type: ignore[arg-type]
@@ -250,7 +272,8 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
             bias = [bias[0] + bias[1]]
     return _Args(_c_array(xa), _c_array(wih), _c_array(whh), _c_array(bias[0]) if bias else None,
                  None if opt[hn] is None else _c_array(opt[hn]),
-                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias), batch_first)
+                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias), batch_first,
+                 None if whr is None else _c_array(whr))
 
 
 def _check_tape(tape: Any, cell: bool) -> Tape:
@@ -273,9 +296,9 @@ def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc:
 
 
 def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
-    dx, dh0, dc0, dwih, dwhh, db, dpeep = out
+    dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr = out
     return LSTMGrads(dx, dh0, dc0, dwih, dwhh, db if has_bias else None,
-                     db.copy() if has_bias else None, dpeep)
+                     db.copy() if has_bias else None, dpeep, dwhr)
 
 
 def _probability(name: str, p: object, closed: bool = True) -> float:
@@ -314,7 +337,7 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
              stream: int = 0) -> dict[str, Any]:
     """The checked keyword arguments of ``_core.forward`` for a call's variants."""
     dt, (T, B) = a.x.dtype, a.x.shape[:2]
-    H = a.w_hh.shape[1]
+    H = a.w_hh.shape[0] // 4
     if a.batch_first:
         T, B = B, T
     kw: dict[str, Any] = dict(reverse=_flag("reverse", reverse),
@@ -348,9 +371,11 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
 def _forward(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
              b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
              batch_first: bool, training: bool, naive: bool = False,
-             **variant: Any) -> tuple[Any, ...]:
-    a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training)
+             w_hr: ArrayLike | None = None, **variant: Any) -> tuple[Any, ...]:
+    a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training, w_hr=w_hr)
     kw = _variant(a, training, **variant)
+    if a.w_hr is not None:
+        kw["w_hr"] = a.w_hr
     y, hn, cn, cache = _core.forward(a.x, a.w_ih, a.w_hh, a.bias, a.h0, a.c0,
                                      bool(batch_first), training, naive, **kw)
     tape = Tape(cache, a.has_bias, False, a.x.dtype) if training else None
@@ -360,7 +385,8 @@ def _forward(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | N
 def lstm(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None = None,
          b_hh: ArrayLike | None = None, h0: ArrayLike | None = None, c0: ArrayLike | None = None,
          *, batch_first: bool = False, lengths: ArrayLike | None = None, reverse: bool = False,
-         peephole: ArrayLike | None = None, clip: float | None = None,
+         w_hr: ArrayLike | None = None, peephole: ArrayLike | None = None,
+         clip: float | None = None,
          input_forget: bool = False, zoneout_h: float = 0.0,
          zoneout_c: float = 0.0) -> tuple[Array, Array, Array]:
     """Run an LSTM over a whole sequence (inference: no workspace is kept).
@@ -368,7 +394,7 @@ def lstm(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None 
     Returns ``(y, h_n, c_n)``: every step's hidden state, and the final hidden and cell state.
     See the module docstring for the shapes and the variants.
     """
-    y, hn, cn, _ = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, False,
+    y, hn, cn, _ = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, False, w_hr=w_hr,
                             lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
                             input_forget=input_forget, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
     return y, hn, cn
@@ -378,7 +404,8 @@ def lstm_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike |
                b_hh: ArrayLike | None = None, h0: ArrayLike | None = None,
                c0: ArrayLike | None = None, *, batch_first: bool = False,
                lengths: ArrayLike | None = None, reverse: bool = False,
-               peephole: ArrayLike | None = None, clip: float | None = None,
+               w_hr: ArrayLike | None = None, peephole: ArrayLike | None = None,
+               clip: float | None = None,
                input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
                recurrent_dropout: float = 0.0, seed: int | None = None,
                stream: int = 0) -> tuple[Array, Array, Array, Tape]:
@@ -387,7 +414,7 @@ def lstm_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike |
     Zoneout and recurrent dropout draw random masks from ``seed`` (``None``: a fresh one) and
     ``stream``. Returns ``(y, h_n, c_n, tape)``; pass ``tape`` to :func:`lstm_backward`.
     """
-    y, hn, cn, tape = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, True,
+    y, hn, cn, tape = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, True, w_hr=w_hr,
                                lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
                                input_forget=input_forget, zoneout_h=zoneout_h,
                                zoneout_c=zoneout_c, recurrent_dropout=recurrent_dropout,
@@ -410,10 +437,11 @@ def _backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None,
               dc_n: ArrayLike | None, naive: bool = False) -> LSTMGrads:
     t = _check_tape(tape, cell=False)
     c, dt = t._cache, t._dtype
-    yshape = (c.B, c.T, c.H) if c.batch_first else (c.T, c.B, c.H)
-    ydesc = "[B, T, H]" if c.batch_first else "[T, B, H]"
+    yshape = (c.B, c.T, c.R) if c.batch_first else (c.T, c.B, c.R)
+    u = "P" if c.P else "H"  # units of h
+    ydesc = f"[B, T, {u}]" if c.batch_first else f"[T, B, {u}]"
     dya = _grad_array("dy", dy, yshape, ydesc, dt)
-    dha = _grad_array("dh_n", dh_n, (c.B, c.H), "[B, H]", dt)
+    dha = _grad_array("dh_n", dh_n, (c.B, c.R), f"[B, {u}]", dt)
     dca = _grad_array("dc_n", dc_n, (c.B, c.H), "[B, H]", dt)
     _check_memory("tape", c.T * c.B * (4 * c.H + c.I) * dt.itemsize, "backward")
     return _grads(_core.backward(c, dya, dha, dca, naive), t._has_bias)
