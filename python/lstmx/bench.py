@@ -782,6 +782,7 @@ class Results:
     float64: Grid | None = None
     threads: ThreadScaling | None = None
     memory: dict[str, Any] | None = None
+    layer: list[Any] | None = None  # bench_layer.LayerRow
 
     def timings(self) -> Iterator[tuple[str, Timing]]:
         """Every measurement, with what it measured."""
@@ -794,6 +795,8 @@ class Results:
         if self.threads is not None:
             yield from ((f"{self.threads.config.name} {m} x{n} threads", t)
                         for m, ts in self.threads.timings.items() for n, t in ts.items())
+        for r in self.layer or []:
+            yield from ((f"layer {r.name} {r.mode} {i}", t) for i, t in r.timings.items())
 
 
 # ---- the targets ---------------------------------------------------------------------------------
@@ -1169,6 +1172,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(lstmx vs torch, fresh processes) on --target-config, lstmx vs torch in "
                         "float64 on --configs, and end with the targets met and not met "
                         "(default: on with --configs all)")
+    p.add_argument("--layer", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time the layer variants on --target-config against their peers: "
+                        "variable lengths (vs torch on a PackedSequence), 2-layer bidirectional "
+                        "(vs torch), LayerNorm-LSTM (vs the same cell in torch ops) (default: on "
+                        "with --configs all)")
     p.add_argument("--target-config", type=parse_config, default=parse_config(TARGET_CONFIG),
                    metavar="CONFIG", help="config of the thread and memory measurements, a "
                                           f"name or name:I:H:B:T (default: {TARGET_CONFIG})")
@@ -1203,9 +1211,11 @@ def _env(args: argparse.Namespace) -> Env:
 
 
 def run_all(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], targets: bool,
-            target_config: BenchConfig, progress: bool = True) -> Results:
+            target_config: BenchConfig, progress: bool = True, layer: bool = False) -> Results:
     """The grid in ``dtype``; with ``targets``, also float64 against torch, 1 vs 2 threads and
-    memory."""
+    memory; with ``layer``, the layer variants (:mod:`lstmx.bench_layer`)."""
+    from . import bench_layer
+
     f64 = np.dtype(np.float64)
     run_f64 = targets and dtype != f64 and env.torch is not None
     if targets and env.torch is None:
@@ -1213,7 +1223,8 @@ def run_all(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], targ
     vs_torch = ("lstmx", "torch")
     steps = (grid_steps(env, configs, dtype)
              + run_f64 * grid_steps(env, configs, f64, vs_torch, gemm=False)
-             + targets * (2 * len(MODES) + len(env.impls(target_config, dtype, vs_torch))))
+             + targets * (2 * len(MODES) + len(env.impls(target_config, dtype, vs_torch)))
+             + layer * bench_layer.layer_steps(env))
     prog = Progress(steps, enabled=progress)
     res = Results(run_grid(env, configs, dtype, prog))
     if run_f64:
@@ -1221,16 +1232,22 @@ def run_all(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], targ
     if targets:
         res.threads = run_threads(env, target_config, prog)
         res.memory = run_memory(env, target_config, prog)
+    if layer:
+        res.layer = bench_layer.run_layer(env, target_config, prog)
     prog.close()
     return res
 
 
-def report(res: Results, header: str, targets: list[Target] | None) -> None:
+def report(res: Results, header: str, targets: list[Target] | None,
+           target_config: BenchConfig | None = None) -> None:
     """Print the results on stdout: the table, the peers' disagreements, the sections, the
     targets, and the measurements disturbed by other processes."""
+    from .bench_layer import format_layer
+
     print(header + "\n\n" + format_table(res.main.rows))
     warnings = _check_warnings([g for g in (res.main, res.float64) if g is not None])
-    for text in ("\n".join(warnings), format_sections(res),
+    layer = format_layer(res.layer, target_config) if res.layer and target_config else ""
+    for text in ("\n".join(warnings), format_sections(res), layer,
                  format_targets(targets) if targets else ""):
         if text:
             print("\n" + text)
@@ -1249,6 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     dtype = np.dtype(args.dtype)
     with_targets = args.targets if args.targets is not None else args.configs == list(GRID)
+    with_layer = args.layer if args.layer is not None else args.configs == list(GRID)
     env = _env(args)
     info = machine_info(env)
     info["busy_cpus_before"] = busy_before = busy_cpus()
@@ -1256,11 +1274,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: other processes are using {busy_before:.2f} of {os.cpu_count()} CPUs; "
               f"timings will be noisy", file=sys.stderr)
 
-    res = run_all(env, args.configs, dtype, with_targets, args.target_config, not args.quiet)
+    res = run_all(env, args.configs, dtype, with_targets, args.target_config, not args.quiet,
+                  with_layer)
     elapsed = time.perf_counter() - t_start
     gemm_backend = "torch.mm" if env.torch is not None else "numpy.matmul"
     targets = evaluate_targets(res) if with_targets else None
-    report(res, _header(info, dtype, gemm_backend), targets)
+    if res.layer:
+        from .bench_layer import layer_targets
+
+        targets = (targets or []) + layer_targets(res.layer)
+    report(res, _header(info, dtype, gemm_backend), targets, args.target_config)
     print(f"\ntotal run time {elapsed:.1f} s", file=sys.stderr)
 
     doc = {"machine": info, "threads": args.threads, "gemm_backend": gemm_backend,
@@ -1269,6 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
            "float64": None if res.float64 is None else res.float64.to_json(),
            "thread_scaling": None if res.threads is None else res.threads.to_json(),
            "memory": res.memory,
+           "layer": None if res.layer is None else [r.to_json() for r in res.layer],
            "targets": None if targets is None else [asdict(t) for t in targets]}
     path = os.path.join(args.out, JSON_NAME)
     with open(path, "w", encoding="utf-8") as f:
