@@ -5,13 +5,29 @@ from __future__ import annotations
 import importlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+import lstmx
+from lstmx import _core
+
 DTYPES = [np.float64, np.float32]
+ISAS = list(lstmx.config()["isas_available"])  # type: ignore[call-overload]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test under each instruction-set level this CPU supports."""
+    old = str(lstmx.config()["isa"])
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(old)
 
 
 def make_case(T: int, B: int, I: int, H: int, dtype: Any = np.float64, seed: int = 0,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import GRAD_NAMES, RECORD, numerical_grads, DTYPES, assert_close, make_case
+from conftest import GRAD_NAMES, ISAS, RECORD, numerical_grads, DTYPES, assert_close, make_case
 
 import os
 import subprocess
@@ -18,19 +18,6 @@ import lstmx
 from lstmx import _core
 from lstmx import functional as F
 from lstmx import reference as R
-
-ISAS = list(lstmx.config()["isas_available"])  # type: ignore[call-overload]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run a test under each instruction-set level this CPU supports."""
-    old = str(lstmx.config()["isa"])
-    _core.set_isa(request.param)
-    try:
-        yield request.param
-    finally:
-        _core.set_isa(old)
 
 SHAPES = [  # T, B, I, H: T = 1, B = 1, I != H, H not a multiple of 16
     (1, 1, 1, 1),
