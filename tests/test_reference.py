@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import GRAD_NAMES, assert_close, make_case, numerical_grads, require
 
+import lstmx
 from lstmx import reference as R
 
 
@@ -480,10 +481,12 @@ def _onnx_lstm(onnx: Any, feeds: dict[str, np.ndarray], H: int, D: int,
     return bytes(model.SerializeToString())
 
 
+@pytest.mark.parametrize("impl", ["reference", "lstmx"])
 @pytest.mark.parametrize("name", ONNX_CASES)
-def test_pass_matches_onnxruntime(name: str) -> None:
+def test_pass_matches_onnxruntime(name: str, impl: str) -> None:
     """ONNX's LSTM: peepholes, clip, input_forget, directions, sequence_lens (the reverse
-    direction starts at each sequence's own end), initial states. ORT in float32."""
+    direction starts at each sequence's own end), initial states. ORT in float32; the
+    reference, and lstmx's kernels in float32."""
     onnx, ort = require("onnx"), require("onnxruntime")
     case = ONNX_CASES[name]
     direction = case.get("direction", "forward")
@@ -517,9 +520,14 @@ def test_pass_matches_onnxruntime(name: str) -> None:
                                 for k, v in feeds.items()})
     for d in range(D):
         state = dict(h0=h0[d], c0=c0[d]) if case.get("initial") else {}
-        ref = R.lstm_forward(x, w_ih[d], w_hh[d], b_ih[d], b_hh[d], **state, **opts,
-                             peephole=peep[d] if case.get("peephole") else None,
-                             reverse=direction == "reverse" or d == 1)
+        args = dict(x=x, w_ih=w_ih[d], w_hh=w_hh[d], b_ih=b_ih[d], b_hh=b_hh[d], **state,
+                    peephole=peep[d] if case.get("peephole") else None)
+        if impl == "reference":
+            ref = R.lstm_forward(**args, **opts, reverse=direction == "reverse" or d == 1)
+        else:
+            ref = lstmx.lstm(**{k: None if v is None else v.astype(np.float32)
+                                for k, v in args.items()},
+                             **opts, reverse=direction == "reverse" or d == 1)
         for what, got, expected in (("Y", y[:, d], ref[0]), ("Y_h", yh[d], ref[1]),
                                     ("Y_c", yc[d], ref[2])):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5,
