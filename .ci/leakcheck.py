@@ -48,6 +48,22 @@ def call_every_kernel() -> int:
                             F._backward(tape, np.ones_like(y), hn, cn, naive)
                             F._backward(tape, None, None, None, naive)
                             calls += 4
+                    # every variant at once: lengths, reverse, a projection, peepholes, clip,
+                    # input_forget, zoneout, recurrent dropout
+                    if H > 1:
+                        P = H // 2
+                        kw = dict(lengths=rng.integers(0, T + 1, B), reverse=True,
+                                  w_hr=(rng.standard_normal((P, H)) * 0.3).astype(dt),
+                                  peephole=rng.standard_normal((3, H)).astype(dt), clip=2.0,
+                                  input_forget=True, zoneout_h=0.2, zoneout_c=0.3)
+                        w_hp = (rng.standard_normal((4 * H, P)) * 0.3).astype(dt)
+                        hp0 = rng.standard_normal((B, P)).astype(dt)
+                        lstmx.lstm(x, w_ih, w_hp, b, None, hp0, c0, batch_first=bf, **kw)
+                        y, hn, cn, tape = lstmx.lstm_train(x, w_ih, w_hp, b, None, hp0, c0,
+                                                           batch_first=bf, seed=3,
+                                                           recurrent_dropout=0.2, **kw)
+                        lstmx.lstm_backward(tape, np.ones_like(y), hn, cn)
+                        calls += 3
                     h, c, tape = lstmx.lstm_cell_train(rng.standard_normal((B, I)).astype(dt),
                                                        w_ih, w_hh, b, b, h0, c0)
                     lstmx.lstm_cell_backward(tape, np.ones_like(h), c)
@@ -71,6 +87,10 @@ def call_every_kernel() -> int:
         lambda: _core.forward(np.empty((2**29, 2**30, 0), np.float32), w_ih[:, :0], w_hh,
                               None, None, None, False, True),
         lambda: _core.backward(lstmx.lstm_train(x, w_ih, w_hh)[3]._cache, x, None, None),
+        lambda: lstmx.lstm(x, w_ih, w_hh, lengths=[3, 4]),
+        lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True,
+                              lengths=np.array([3, 4])),
+        lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True, True, clip=1.0),
         lambda: _core.set_num_threads(0),
         lambda: _core.set_isa("none"),
         lambda: lstmx.LSTM(2**40, 2**40),
