@@ -17,6 +17,7 @@ from conftest import make_case
 
 import lstmx
 from lstmx import reference as R
+from lstmx.layer import LayerTape
 
 T, B, I, H = 3, 2, 4, 5  # the valid case: small, I != H, 4H = 20
 
@@ -48,7 +49,7 @@ def arrays(result: Any) -> list[Any]:
         return [a for k in result for a in [k] + arrays(result[k])]
     if isinstance(result, (tuple, list)):
         return [a for r in result for a in arrays(r)]
-    if result is None or isinstance(result, lstmx.Tape):
+    if result is None or isinstance(result, (lstmx.Tape, LayerTape)):
         return []
     return [np.asarray(result)]
 
@@ -79,20 +80,55 @@ def _grads(dt: np.dtype[Any], cell: bool) -> dict[str, Any]:
                 dc_n=rng.standard_normal((B, H)).astype(dt))
 
 
-def _layer(dt: np.dtype[Any]) -> lstmx.LSTM:
-    return lstmx.LSTM(I, H, dtype=dt, seed=3)
+# The layer of the call entries: a stack with dropout and random masks (L * D = 4 states).
+LAYER = dict(num_layers=2, bidirectional=True, dropout=0.5, peephole=True, zoneout_c=0.2,
+             recurrent_dropout=0.25)
+LAYER_KINDS = dict(input_size="size", hidden_size="size", num_layers="size", bias="flag",
+                   batch_first="flag", dropout="probability", bidirectional="flag",
+                   proj_size="count", dtype="dtype", seed="seed", peephole="flag",
+                   clip="threshold", input_forget="flag", forget_bias="real", reverse="flag",
+                   layer_norm="flag", zoneout_h="probability", zoneout_c="probability",
+                   recurrent_dropout="probability")
 
 
-def _layer_x(dt: np.dtype[Any]) -> dict[str, Any]:
+def _layer(dt: np.dtype[Any], seed: int = 3) -> lstmx.LSTM:
+    return lstmx.LSTM(I, H, dtype=dt, seed=seed, **LAYER)
+
+
+def _layer_args(dt: np.dtype[Any]) -> dict[str, Any]:
+    """Every constructor argument, valid, most of them not the default."""
+    return dict(input_size=I, hidden_size=H, num_layers=2, bias=True, batch_first=False,
+                dropout=0.25, bidirectional=True, proj_size=0, dtype=dt, seed=0, peephole=True,
+                clip=3.0, input_forget=False, forget_bias=1.0, reverse=False, layer_norm=False,
+                zoneout_h=0.1, zoneout_c=0.2, recurrent_dropout=0.1)
+
+
+def _layer_x(dt: np.dtype[Any], seed: int | None = None) -> dict[str, Any]:
     c = case(dt)
-    return dict(self=_layer(dt), x=c["x"], hx=(c["h0"][None], c["c0"][None]))
+    state = np.stack([c["h0"]] * 4), np.stack([c["c0"]] * 4)
+    return dict(self=_layer(dt), x=c["x"], hx=state, lengths=[3, 1],
+                **({} if seed is None else dict(seed=seed)))
 
 
 def _layer_backward(dt: np.dtype[Any]) -> dict[str, Any]:
-    g = _grads(dt, cell=False)
+    rng = np.random.default_rng(2)
     m = _layer(dt)
-    y, (hn, cn), tape = m.forward_train(case(dt)["x"])
-    return dict(self=m, tape=tape, dy=g["dy"], dh_n=g["dh_n"][None], dc_n=g["dc_n"][None])
+    y, (hn, cn), tape = m.forward_train(case(dt)["x"], lengths=[3, 1], seed=4)
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape).astype(dt) for a in (y, hn, cn))
+    return dict(self=m, tape=tape, dy=dy, dh_n=dh_n, dc_n=dc_n)
+
+
+def _other_layer_tape(functional: bool) -> Callable[[dict[str, Any]], Any]:
+    """A tape LSTM.backward refuses with a ValueError: a functional one, or another layer's."""
+    def make(kw: dict[str, Any]) -> Any:
+        dt = kw["self"].dtype
+        return lstmx.lstm_train(**case(dt))[3] if functional else \
+            _layer(dt).forward_train(case(dt)["x"])[2]
+    return make
+
+
+BAD_LENGTHS: list[Callable[[dict[str, Any]], Any]] = [lambda kw: [T + 1, 1],
+                                                       lambda kw: [1] * (B + 1)]
 
 
 def _other_tape(cell: bool) -> Callable[[dict[str, Any]], Any]:
@@ -145,26 +181,26 @@ ENTRIES = [
           bad=dict(tape=[_other_tape(cell=True)])),
     Entry("Tape", lambda **k: repr(lstmx.Tape(**k)), _tape, dict(cache="object", dtype="object")),
     # ---- the layer ----
-    Entry("LSTM", lambda **k: lstmx.LSTM(**k).state_dict(),
-          lambda dt: dict(input_size=I, hidden_size=H, num_layers=1, bias=True,
-                          batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
-                          dtype=dt, seed=0),
-          dict(input_size="size", hidden_size="size", num_layers="size", bias="flag",
-               batch_first="flag", dropout="probability", bidirectional="flag",
-               proj_size="count", dtype="dtype", seed="seed"),
-          frozenset({"seed"}),
-          unimplemented=frozenset({"num_layers", "dropout", "bidirectional", "proj_size"})),
+    Entry("LSTM", lambda **k: lstmx.LSTM(**k).state_dict(), _layer_args, LAYER_KINDS,
+          frozenset({"seed", "clip", "forget_bias"}),
+          unimplemented=frozenset({"proj_size", "layer_norm"}),
+          bad=dict(reverse=[lambda kw: True], recurrent_dropout=[lambda kw: 1.0],
+                   proj_size=[lambda kw: H])),
     Entry("LSTM.__call__", lambda self, **k: self(**k), _layer_x,
-          dict(x="array", hx="object"), frozenset({"hx"})),
-    Entry("LSTM.forward_train", lambda self, **k: self.forward_train(**k), _layer_x,
-          dict(x="array", hx="object"), frozenset({"hx"})),
+          dict(x="array", hx="object", lengths="lengths"), frozenset({"hx", "lengths"}),
+          bad=dict(lengths=BAD_LENGTHS)),
+    Entry("LSTM.forward_train", lambda self, **k: self.forward_train(**k),
+          lambda dt: _layer_x(dt, seed=5),  # a fixed seed: the same masks in every call
+          dict(x="array", hx="object", lengths="lengths", seed="seed"),
+          frozenset({"hx", "lengths"}), bad=dict(lengths=BAD_LENGTHS)),
     Entry("LSTM.backward", lambda self, **k: self.backward(**k), _layer_backward,
           dict(tape="object", dy="array", dh_n="array", dc_n="array"),
-          frozenset({"dy", "dh_n", "dc_n"})),
+          frozenset({"dy", "dh_n", "dc_n"}),
+          bad=dict(tape=[_other_layer_tape(True), _other_layer_tape(False)])),
     Entry("LSTM.load_state_dict",
           lambda self, **k: (self.load_state_dict(**k), self.state_dict())[1],
-          lambda dt: dict(self=_layer(dt), state=lstmx.LSTM(I, H, seed=4).state_dict(),
-                          strict=True),
+          lambda dt: dict(self=_layer(dt), state=_layer(np.dtype(np.float32), seed=4)
+                          .state_dict(), strict=True),
           dict(state="object", strict="flag")),
     # ---- threads ----
     Entry("set_num_threads", _set_threads, lambda dt: dict(n=2), dict(n="size"),

@@ -196,6 +196,9 @@ BAD: dict[str, list[Any]] = {
     "dtype": ["foo", np.int32, np.complex128, np.float16, object(), 3, bool, "U3"],
     "seed": ["abc", -1, 1.5, object(), [-1]],
     "object": ["abc", 3, 1.5, object(), [], np.zeros(3), {"a": 1}],
+    "threshold": [0, -1.0, float("nan"), "1", True, [1.0], object()],
+    "real": [float("nan"), float("inf"), "1", True, [1.0], object()],
+    "lengths": ["abc", 1.5, True, object(), [[1, 2]], [1.5, 2.0], [-1, 2], {"a": 1}],
 }
 BAD_DTYPES = [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, object,
               np.float16, "U3", "big-endian"]
@@ -269,6 +272,7 @@ SAME: dict[str, list[Callable[[Any], Any]]] = {
     "count": [np.int64],
     "flag": [np.bool_, int],
     "dtype": [np.dtype, lambda d: np.dtype(d).name, lambda d: np.dtype(d).type],
+    "lengths": [np.asarray, lambda a: np.asarray(a, np.int32), tuple],
 }
 
 

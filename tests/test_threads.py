@@ -62,7 +62,8 @@ def _work(model: lstmx.LSTM, seed: int) -> Callable[[], list[np.ndarray]]:
             y, (hn, cn) = model(c["x"], (c["h0"][None], c["c0"][None]))
             yt, (ht, ct), tape = model.forward_train(c["x"])
             dx, (dh0, dc0), grads = model.backward(tape, np.ones_like(yt), ht, ct)
-            h1, c1 = lstmx.lstm_cell(c["x"][0], *model._weights(), c["h0"], c["c0"])
+            weights = (model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0)
+            h1, c1 = lstmx.lstm_cell(c["x"][0], *weights, c["h0"], c["c0"])
             out += [y, hn, cn, yt, ht, ct, dx, dh0, dc0, *grads.values(), h1, c1]
         return out
     return job

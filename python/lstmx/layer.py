@@ -1,82 +1,232 @@
-"""``lstmx.LSTM``: a layer that holds its parameters, named and shaped as in ``torch.nn.LSTM``."""
+"""``lstmx.LSTM``: a stacked, optionally bidirectional LSTM layer that holds its parameters,
+named and shaped as in ``torch.nn.LSTM``, with lstmx's variants (see ``notes/variants.md``).
+
+One layer ``k`` and direction ``d`` is one call of :mod:`lstmx.functional` (a "pass"); the
+layer chains them: layer ``k > 0`` takes layer ``k - 1``'s output ``[fwd | rev]``, with
+between-layer dropout in training.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .functional import (Array, ArrayLike, Tape, _check_memory, _check_tape, _flag, _float_array,
-                         _to_numpy, lstm, lstm_backward, lstm_train)
+from . import _core
+from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_lengths, _check_memory,
+                         _flag, _float_array, _probability, _to_numpy, _uint64, lstm,
+                         lstm_backward, lstm_train)
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "LayerTape"]
 
 State = tuple[Array, Array]
+_EXTRAS = ("peephole_", "ln_")  # lstmx-only parameters: initialised after PyTorch's own
+
+
+class LayerTape:
+    """Opaque record of :meth:`LSTM.forward_train`; pass it to :meth:`LSTM.backward` of the
+    layer that made it (any number of times).
+
+    It holds one :class:`lstmx.Tape` per layer and direction and the between-layer dropout
+    masks, so later changes to the parameters do not affect backward.
+    """
+
+    __slots__ = ("_layer", "_tapes", "_masks", "_T", "_B", "_unbatched")
+
+    def __init__(self, layer: LSTM, tapes: list[Tape], masks: list[Array | None], T: int,
+                 B: int, unbatched: bool) -> None:
+        self._layer = layer
+        self._tapes = tapes  # index k * D + d, as h0
+        self._masks = masks  # [T, B, D * H] ([B, T, ...] batch_first) after layer k, or None
+        self._T, self._B, self._unbatched = T, B, unbatched
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the passes' workspaces and the dropout masks."""
+        return sum(t.nbytes for t in self._tapes) + sum(m.nbytes for m in self._masks
+                                                        if m is not None)
+
+    def __repr__(self) -> str:
+        return (f"<lstmx.LayerTape of {self._layer!r} T={self._T} B={self._B} "
+                f"nbytes={self.nbytes}>")
+
+
+def _size(name: str, v: object, low: int) -> int:
+    """An int argument, at least ``low``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    return int(v)
+
+
+def _real(name: str, v: object) -> float:
+    """A finite real number (not a bool)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                             np.floating)):
+        raise TypeError(f"{name}: expected a float, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    return float(v)
 
 
 class LSTM:
-    """A single-layer, single-direction LSTM with PyTorch's parameter names and layout.
+    """A multi-layer LSTM with PyTorch's arguments, parameter names, layout and shapes.
 
-    Parameters ``weight_ih_l0 [4H, I]``, ``weight_hh_l0 [4H, H]`` and, with ``bias=True``,
-    ``bias_ih_l0, bias_hh_l0 [4H]`` are NumPy arrays, initialised like PyTorch: uniform in
-    ``[-1/sqrt(H), 1/sqrt(H)]`` from ``numpy.random.default_rng(seed)``.
+    The first eight arguments are ``torch.nn.LSTM``'s, in its order. ``dtype`` (float32 or
+    float64) is that of the parameters and of every input; ``seed`` (an int or ``None``)
+    seeds the initialisation and the layer's own generator of training-mask seeds.
 
-    Calling ``lstm(x, (h0, c0))`` returns ``(y, (h_n, c_n))`` with PyTorch's shapes:
-    ``x [T, B, I]`` (``[B, T, I]`` with ``batch_first``, or ``[T, I]`` unbatched), state
-    ``[1, B, H]`` (``[1, H]`` unbatched). ``num_layers``, ``dropout``, ``bidirectional`` and
-    ``proj_size`` are accepted for forward compatibility; only their defaults are implemented.
+    lstmx's variants apply to every layer and direction:
+    ``peephole`` (parameters ``peephole_l{k}{sfx} [3, H]``), ``clip`` (clamp the gate
+    pre-activations to ``[-clip, clip]``), ``input_forget`` (``f = 1 - i``), ``forget_bias``
+    (initial forget-gate bias: ``bias_ih``'s slice ``[H:2H]`` set to it, ``bias_hh``'s to 0),
+    ``reverse`` (run each sequence backwards; not with ``bidirectional``), ``zoneout_h``,
+    ``zoneout_c`` (random in training, their expectation at inference) and
+    ``recurrent_dropout`` (training only). ``proj_size > 0`` and ``layer_norm`` are not
+    implemented yet. ``dropout`` applies to every layer's output but the last, in training.
+
+    Parameters ``weight_ih_l{k}{sfx} [4H, I_k]``, ``weight_hh_l{k}{sfx} [4H, H]``,
+    ``bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} [4H]`` (``sfx`` is ``""`` or ``"_reverse"``,
+    ``I_0 = input_size``, ``I_k = D * H``) are NumPy arrays in PyTorch's order, initialised
+    like PyTorch: uniform in ``[-1/sqrt(H), 1/sqrt(H)]`` from
+    ``numpy.random.default_rng(seed)`` (PyTorch's parameters first, so the extras do not change
+    them).
+
+    ``lstm(x, (h0, c0), lengths)`` returns ``(y, (h_n, c_n))`` with PyTorch's shapes:
+    ``x [T, B, I]`` (``[B, T, I]`` with ``batch_first``, or ``[T, I]`` unbatched),
+    ``y [T, B, D * H]``, states ``[L * D, B, H]`` (``[L * D, H]`` unbatched), index
+    ``k * D + d``. ``lengths [B]`` (ints in ``[0, T]``, any order) ends each sequence early:
+    ``y`` is 0 past its end and ``h_n, c_n`` are its state at its end.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, proj_size: int = 0,
-                 dtype: type | np.dtype[Any] | str = np.float32, seed: int | None = None) -> None:
-        for name, v, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
-                             ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                what = "positive" if low else "non-negative"
-                raise ValueError(f"{name}: expected a {what} int, got {v!r}")
-        if proj_size >= hidden_size:
-            raise ValueError(f"proj_size: expected less than hidden_size = {hidden_size}, got "
-                             f"{proj_size}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.number)) \
-                or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
-        bias, batch_first = _flag("bias", bias), _flag("batch_first", batch_first)
-        bidirectional = _flag("bidirectional", bidirectional)
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: type | np.dtype[Any] | str = np.float32, seed: int | None = None,
+                 peephole: bool = False, clip: float | None = None, input_forget: bool = False,
+                 forget_bias: float | None = None, reverse: bool = False,
+                 layer_norm: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+                 recurrent_dropout: float = 0.0) -> None:
+        # ---- every argument checked; then the unimplemented ones refused ----
+        self.input_size = _size("input_size", input_size, 1)
+        self.hidden_size = _size("hidden_size", hidden_size, 1)
+        self.num_layers = _size("num_layers", num_layers, 1)
+        self.bias = _flag("bias", bias)
+        self.batch_first = _flag("batch_first", batch_first)
+        self.dropout = _probability("dropout", dropout)
+        self.bidirectional = _flag("bidirectional", bidirectional)
+        self.proj_size = _size("proj_size", proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size = {self.hidden_size}, "
+                             f"got {self.proj_size}")
         try:
-            dt = np.dtype(dtype)
+            self.dtype = np.dtype(dtype)
         except (TypeError, ValueError) as e:
             raise TypeError(f"dtype: {e}") from None
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-        todo = [name for name, v, default in (
-            ("num_layers", num_layers, 1), ("dropout", dropout, 0),
-            ("bidirectional", bidirectional, False), ("proj_size", proj_size, 0)) if v != default]
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        seed = None if seed is None else _uint64("seed", seed)
+        self.peephole = _flag("peephole", peephole)
+        self.clip = None if clip is None else _real("clip", clip)
+        if self.clip is not None and self.clip <= 0:
+            raise ValueError(f"clip: expected a positive threshold, got {clip!r}")
+        self.input_forget = _flag("input_forget", input_forget)
+        self.forget_bias = None if forget_bias is None else _real("forget_bias", forget_bias)
+        if self.forget_bias is not None and not self.bias:
+            raise ValueError("forget_bias: needs bias=True")
+        self.reverse = _flag("reverse", reverse)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse: not with bidirectional=True (its second direction "
+                             "already runs in reverse)")
+        self.layer_norm = _flag("layer_norm", layer_norm)
+        self.zoneout_h = _probability("zoneout_h", zoneout_h)
+        self.zoneout_c = _probability("zoneout_c", zoneout_c)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout,
+                                              closed=False)
+        todo = [n for n, on in (("proj_size", self.proj_size), ("layer_norm", self.layer_norm))
+                if on]
         if todo:
-            raise NotImplementedError(f"{', '.join(todo)}: only the default is implemented yet")
-        I, H = int(input_size), int(hidden_size)
-        # the parameters, and the float64 draws they are cast from
-        _check_memory("input_size, hidden_size", 4 * H * (I + H + 2) * (8 + dt.itemsize),
-                      f"the parameters of LSTM({I}, {H})")
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as e:
-            raise (TypeError if isinstance(e, TypeError) else ValueError)(f"seed: {e}") from None
-        self.input_size, self.hidden_size = I, H
-        self.num_layers, self.bias, self.batch_first = 1, bias, batch_first
-        self.dtype = dt
-        k = 1.0 / np.sqrt(H)
-        self._shapes = {"weight_ih_l0": (4 * H, I), "weight_hh_l0": (4 * H, H)}
+            raise NotImplementedError(f"{', '.join(todo)}: not implemented yet")
+
+        # ---- the parameters ----
+        nbytes = self._parameter_count() * (8 + self.dtype.itemsize)  # + the float64 draws
+        _check_memory("input_size, hidden_size, num_layers", nbytes,
+                      f"the parameters of {self!r}")
+        self._shapes = self._parameter_shapes()
+        seeds = np.random.SeedSequence(seed)
+        init = np.random.default_rng(seeds)
+        self._mask_seeds = np.random.default_rng(seeds.spawn(1)[0])  # forward_train(seed=None)
+        k = 1.0 / np.sqrt(self.hidden_size)
+        order = sorted(self._shapes, key=lambda n: n.startswith(_EXTRAS))  # PyTorch's first
+        for name in order:
+            shape = self._shapes[name]
+            if name.startswith("ln_"):  # layer norm: gains 1, bias 0
+                a = np.full(shape, 0.0 if name.startswith("ln_bias") else 1.0)
+            else:
+                a = init.uniform(-k, k, shape)
+            setattr(self, name, a.astype(self.dtype))
+        if self.forget_bias is not None:  # the forget gate's slice of every bias
+            H = self.hidden_size
+            for name in self._shapes:
+                if name.startswith("bias_"):
+                    getattr(self, name)[H:2 * H] = 0.0 if "_hh_" in name else self.forget_bias
+
+    # ---- the parameter table ----
+    @property
+    def _D(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _R(self) -> int:
+        """The size of h: proj_size, or hidden_size without projection."""
+        return self.proj_size or self.hidden_size
+
+    def _pass_sizes(self, I: int) -> dict[str, tuple[int, ...]]:
+        """The parameters of one pass with ``I`` input features, by name without suffix."""
+        H, R, P = self.hidden_size, self._R, self.proj_size
+        s: dict[str, tuple[int, ...]] = {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R)}
         if self.bias:
-            self._shapes.update(bias_ih_l0=(4 * H,), bias_hh_l0=(4 * H,))
-        for name, shape in self._shapes.items():
-            setattr(self, name, rng.uniform(-k, k, shape).astype(dt))
+            s.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
+        if P:
+            s.update(weight_hr=(P, H))
+        if self.peephole:
+            s.update(peephole=(3, H))
+        if self.layer_norm:
+            s.update(ln_gain_ih=(4 * H,), ln_gain_hh=(4 * H,), ln_gain_c=(H,), ln_bias_c=(H,))
+        return s
+
+    def _parameter_count(self) -> int:
+        """How many numbers the parameters hold (without building the table)."""
+        def count(I: int) -> int:
+            return sum(math.prod(s) for s in self._pass_sizes(I).values())
+        return self._D * (count(self.input_size)
+                          + (self.num_layers - 1) * count(self._D * self._R))
+
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in PyTorch's order (the extras after each pass's)."""
+        return {f"{n}_{self._pass_name(k, d)}": s for k in range(self.num_layers)
+                for d in range(self._D)
+                for n, s in self._pass_sizes(self.input_size if k == 0
+                                             else self._D * self._R).items()}
+
+    @staticmethod
+    def _pass_name(k: int, d: int) -> str:
+        return f"l{k}{'_reverse' if d else ''}"
+
+    def _pass_params(self, k: int, d: int) -> dict[str, Array | None]:
+        """Pass (k, d)'s parameters, by name without suffix (absent ones None)."""
+        sfx = "_" + self._pass_name(k, d)
+        return {n: getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                          "bias_hh", "peephole")}
 
     # ---- parameters ----
     def named_parameters(self) -> dict[str, Array]:
-        """The parameter arrays themselves (not copies), by PyTorch name; update in place."""
+        """The parameter arrays themselves (not copies), by PyTorch name in PyTorch's order;
+        update them in place."""
         return {name: getattr(self, name) for name in self._shapes}
 
     def state_dict(self) -> dict[str, Array]:
@@ -108,108 +258,186 @@ class LSTM:
         for name, a in new.items():  # all checked first: a failed load changes nothing
             getattr(self, name)[...] = a  # in place: references from named_parameters() stay live
 
-    # ---- forward / backward ----
-    def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None
-                 ) -> tuple[np.ndarray, Array | None, Array | None, bool]:
+    # ---- input checks ----
+    def _state(self, name: str, s: ArrayLike | None, B: int, unbatched: bool) -> Array | None:
+        """A state ``[L * D, B, N]`` (``[L * D, N]`` unbatched) as ``[L * D, B, N]``, where N is
+        R for h0 and dh_n, H for c0 and dc_n."""
+        if s is None:
+            return None
+        LD, N = self.num_layers * self._D, self._R if "h" in name else self.hidden_size
+        want = (LD, N) if unbatched else (LD, B, N)
+        n = "P" if self.proj_size and "h" in name else "H"
+        desc = f"[num_layers * num_directions, {'' if unbatched else 'B, '}{n}]"
+        a = _float_array(name, s, self.dtype, "the layer")
+        if a.shape != want:
+            what = f"the shape of {name[1:]}," if name.startswith("d") else "shape"
+            raise ValueError(f"{name}: expected {what} {desc} = {want}, got {a.shape}")
+        return a.reshape(LD, B, N)
+
+    def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
+                 lengths: ArrayLike | None
+                 ) -> tuple[np.ndarray, Array | None, Array | None, np.ndarray | None, bool]:
+        """x as 3-D, h0 and c0 as ``[L * D, B, H]``, lengths as int64; and whether x is 2-D."""
         xa = _float_array("x", x, self.dtype, "the layer")
         unbatched = xa.ndim == 2
         if unbatched:
-            xa = xa[:, None] if not self.batch_first else xa[None]
+            xa = xa[None] if self.batch_first else xa[:, None]
         elif xa.ndim != 3:
-            raise ValueError(f"x: expected a 3-D array {self._xdesc()} or a 2-D unbatched "
-                             f"[T, I], got a {xa.ndim}-D array of shape {xa.shape}")
+            desc = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            raise ValueError(f"x: expected a 3-D array {desc} or a 2-D unbatched [T, I], got a "
+                             f"{xa.ndim}-D array of shape {xa.shape}")
         if xa.shape[2] != self.input_size:
             raise ValueError(f"x: expected {self.input_size} input features in the last axis, "
                              f"got shape {xa.shape}")
-        B = xa.shape[0] if self.batch_first else xa.shape[1]
+        T, B = (xa.shape[1], xa.shape[0]) if self.batch_first else xa.shape[:2]
         h0 = c0 = None
         if hx is not None:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError("hx: expected a tuple (h0, c0)")
-            want = (1, self.hidden_size) if unbatched else (1, B, self.hidden_size)
-            st = []
-            for nm, s in zip(("h0", "c0"), hx):
-                sa = _float_array(nm, s, self.dtype, "the layer")
-                if sa.shape != want:
-                    raise ValueError(f"{nm}: expected shape [num_layers, "
-                                     f"{'' if unbatched else 'B, '}H] = {want}, got {sa.shape}")
-                st.append(sa.reshape(B, self.hidden_size))
-            h0, c0 = st
-        return xa, h0, c0, unbatched
+                raise TypeError(f"hx: expected a tuple (h0, c0), got {type(hx).__name__}")
+            h0, c0 = (self._state(n, s, B, unbatched) for n, s in zip(("h0", "c0"), hx))
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths: needs batched (3-D) x")
+            lengths = _check_lengths(lengths, T, B)
+        return xa, h0, c0, lengths, unbatched
 
-    def _xdesc(self) -> str:
-        return "[B, T, I]" if self.batch_first else "[T, B, I]"
-
-    def _weights(self) -> tuple[Array, Array, Array | None, Array | None]:
-        return (self.weight_ih_l0, self.weight_hh_l0, getattr(self, "bias_ih_l0", None),
-                getattr(self, "bias_hh_l0", None))
-
-    def _finish(self, y: Array, hn: Array, cn: Array, unbatched: bool) -> tuple[Array, State]:
+    # ---- forward / backward ----
+    def _run(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
+             lengths: ArrayLike | None, seed: int | None, training: bool
+             ) -> tuple[Array, State, LayerTape | None]:
+        xa, h0, c0, lens, unbatched = self._prepare(x, hx, lengths)
+        D, L, H, R = self._D, self.num_layers, self.hidden_size, self._R
+        T, B = (xa.shape[1], xa.shape[0]) if self.batch_first else xa.shape[:2]
+        # beyond each pass's own check: the tapes of every pass are kept together in training
+        rows, width = T * B, max(self.input_size, D * R)
+        per_pass = rows * (width + (15 if training else 5) * H + D * R) * self.dtype.itemsize
+        _check_memory("x", per_pass * (L * D if training else 1),
+                      f"{self!r} over T*B = {rows} rows")
+        mask_seed = 0  # the random masks' (training only)
+        if training:
+            mask_seed = int(self._mask_seeds.integers(2**64, dtype=np.uint64)) \
+                if seed is None else _uint64("seed", seed)
+        hn, cn = np.empty((L * D, B, R), self.dtype), np.empty((L * D, B, H), self.dtype)
+        tapes: list[Tape] = []
+        masks: list[Array | None] = []
+        inp = xa
+        for k in range(L):
+            outs = []
+            for d in range(D):
+                j = k * D + d
+                p = self._pass_params(k, d)
+                args = (inp, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                        None if h0 is None else h0[j], None if c0 is None else c0[j])
+                kw: dict[str, Any] = dict(
+                    batch_first=self.batch_first, lengths=lens, reverse=self.reverse or d == 1,
+                    peephole=p["peephole"], clip=self.clip, input_forget=self.input_forget,
+                    zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+                if training:
+                    y, hn[j], cn[j], tape = lstm_train(
+                        *args, **kw, recurrent_dropout=self.recurrent_dropout, seed=mask_seed,
+                        stream=8 * (2 * k + d))
+                    tapes.append(tape)
+                else:
+                    y, hn[j], cn[j] = lstm(*args, **kw)
+                outs.append(y)
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=-1)
+            if training and k < L - 1:
+                mask = self._dropout_mask(mask_seed, k, T, B) if self.dropout else None
+                masks.append(mask)
+                if mask is not None:
+                    inp = inp * mask
+        y = inp
         if unbatched:
-            return (y[0] if self.batch_first else y[:, 0]), (hn, cn)
-        return y, (hn[None], cn[None])
+            y, hn, cn = (y[0] if self.batch_first else y[:, 0]), hn[:, 0], cn[:, 0]
+        return y, (hn, cn), LayerTape(self, tapes, masks, T, B, unbatched) if training else None
 
-    def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None
-                 ) -> tuple[Array, State]:
-        """Inference forward: returns ``(y, (h_n, c_n))``."""
-        xa, h0, c0, unbatched = self._prepare(x, hx)
-        y, hn, cn = lstm(xa, *self._weights(), h0, c0, batch_first=self.batch_first)
-        return self._finish(y, hn, cn, unbatched)
+    def _dropout_mask(self, seed: int, k: int, T: int, B: int) -> Array:
+        """The between-layer dropout mask after layer k, ``[T, B, D * R]`` (``[B, T, ...]``
+        batch_first): 0 with probability ``dropout``, else ``1 / (1 - dropout)``."""
+        F, p = self._D * self._R, self.dropout
+        u = _core.uniform(seed, 8 * (2 * k) + 3, T * B * F).reshape(T, B, F)  # idx (t*B+b)*F+j
+        mask = np.where(u >= p, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).astype(self.dtype)
+        return mask.swapaxes(0, 1) if self.batch_first else mask
+
+    def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
+                 lengths: ArrayLike | None = None) -> tuple[Array, State]:
+        """Inference forward: returns ``(y, (h_n, c_n))``. Dropout and recurrent dropout are
+        off; zoneout uses its expectation."""
+        y, state, _ = self._run(x, hx, lengths, None, training=False)
+        return y, state
 
     forward = __call__
 
-    def forward_train(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None
-                      ) -> tuple[Array, State, Tape]:
-        """Training forward: returns ``(y, (h_n, c_n), tape)`` for :meth:`backward`."""
-        xa, h0, c0, unbatched = self._prepare(x, hx)
-        y, hn, cn, tape = lstm_train(xa, *self._weights(), h0, c0, batch_first=self.batch_first)
-        tape._unbatched = unbatched
-        out, state = self._finish(y, hn, cn, unbatched)
-        return out, state, tape
+    def forward_train(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
+                      lengths: ArrayLike | None = None, seed: int | None = None
+                      ) -> tuple[Array, State, LayerTape]:
+        """Training forward: returns ``(y, (h_n, c_n), tape)`` for :meth:`backward`.
 
-    def backward(self, tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None = None,
+        The random masks (dropout, zoneout, recurrent dropout) come from ``seed`` (an int in
+        ``[0, 2**64)``), with stream ``8 * (2k + d)`` for pass (k, d) and ``16k + 3`` for the
+        dropout after layer k; ``None`` draws one from the layer's own generator (seeded by the
+        constructor's ``seed``).
+        """
+        y, state, tape = self._run(x, hx, lengths, seed, training=True)
+        assert tape is not None
+        return y, state, tape
+
+    def backward(self, tape: LayerTape, dy: ArrayLike | None, dh_n: ArrayLike | None = None,
                  dc_n: ArrayLike | None = None) -> tuple[Array, State, dict[str, Array]]:
         """Backward of :meth:`forward_train`.
 
-        ``dy`` has ``y``'s shape; ``dh_n``, ``dc_n`` that of ``h_n``, ``c_n`` (or ``None``).
-        Returns ``(dx, (dh0, dc0), grads)`` where ``grads`` maps each parameter name to its
-        gradient.
+        ``dy`` has ``y``'s shape; ``dh_n``, ``dc_n`` that of ``h_n``, ``c_n`` (each may be
+        ``None``: no gradient). Returns ``(dx, (dh0, dc0), grads)`` where ``grads`` maps each
+        parameter name to its gradient, in :meth:`named_parameters`' order.
         """
-        _check_tape(tape, cell=False)
-        c = tape._cache
-        if c.batch_first != self.batch_first or c.I != self.input_size or c.H != self.hidden_size:
+        if not isinstance(tape, (LayerTape, Tape)):
+            raise TypeError(f"tape: expected the tape of this layer's forward_train, got "
+                            f"{type(tape).__name__}")
+        if not isinstance(tape, LayerTape) or tape._layer is not self:
             raise ValueError("tape: it was not made by this layer's forward_train")
-        unbatched = tape._unbatched
+        D, L, H, R = self._D, self.num_layers, self.hidden_size, self._R
+        T, B, unbatched = tape._T, tape._B, tape._unbatched
         if dy is not None:
             dya = _float_array("dy", dy, self.dtype, "the layer")
-            want = y_shape = ((c.B, c.T, c.H) if self.batch_first else (c.T, c.B, c.H))
-            if unbatched:
-                want = (c.T, c.H)
+            y_shape = (B, T, D * R) if self.batch_first else (T, B, D * R)
+            want = (T, D * R) if unbatched else y_shape
             if dya.shape != want:
                 raise ValueError(f"dy: expected the shape of y, {want}, got {dya.shape}")
             dy = dya.reshape(y_shape)
-        sdesc = (1, c.H) if unbatched else (1, c.B, c.H)
-        st = []
-        for nm, s in (("dh_n", dh_n), ("dc_n", dc_n)):
-            if s is None:
-                st.append(None)
-                continue
-            sa = _float_array(nm, s, self.dtype, "the layer")
-            if sa.shape != sdesc:
-                raise ValueError(f"{nm}: expected the shape of {nm[1:]}, {sdesc}, got {sa.shape}")
-            st.append(sa.reshape(c.B, c.H))
-        g = lstm_backward(tape, dy, st[0], st[1])
-        grads = {"weight_ih_l0": g.dw_ih, "weight_hh_l0": g.dw_hh}
-        if self.bias:
-            assert g.db_ih is not None and g.db_hh is not None
-            grads.update(bias_ih_l0=g.db_ih, bias_hh_l0=g.db_hh)
-        dx = g.dx.reshape((c.T, c.I)) if unbatched else g.dx
+        dh, dc = (self._state(n, s, B, unbatched) for n, s in (("dh_n", dh_n), ("dc_n", dc_n)))
+        dh0, dc0 = np.empty((L * D, B, R), self.dtype), np.empty((L * D, B, H), self.dtype)
+        grads: dict[str, Array] = {}
+        for k in reversed(range(L)):
+            dxs = []
+            for d in range(D):
+                j = k * D + d
+                dyd = None if dy is None else dy[..., d * R:(d + 1) * R]
+                g = lstm_backward(tape._tapes[j], dyd, None if dh is None else dh[j],
+                                  None if dc is None else dc[j])
+                dxs.append(g.dx)
+                dh0[j], dc0[j] = g.dh0, g.dc0
+                grads.update(self._pass_grads(k, d, g))
+            dx = dxs[0] if D == 1 else dxs[0] + dxs[1]  # both directions read the same input
+            if k:  # the gradient of layer k - 1's output, through the dropout mask
+                mask = tape._masks[k - 1]
+                dy = dx if mask is None else dx * mask
         if unbatched:
-            return dx, (g.dh0, g.dc0), grads
-        return dx, (g.dh0[None], g.dc0[None]), grads
+            dx, dh0, dc0 = dx.reshape(T, self.input_size), dh0[:, 0], dc0[:, 0]
+        return dx, (dh0, dc0), {name: grads[name] for name in self._shapes}
+
+    def _pass_grads(self, k: int, d: int, g: LSTMGrads) -> dict[str, Array]:
+        """Pass (k, d)'s gradients, by parameter name."""
+        sfx = "_" + self._pass_name(k, d)
+        out = {"weight_ih" + sfx: g.dw_ih, "weight_hh" + sfx: g.dw_hh,
+               "bias_ih" + sfx: g.db_ih, "bias_hh" + sfx: g.db_hh,
+               "peephole" + sfx: g.dpeephole}
+        return {n: a for n, a in out.items() if n in self._shapes and a is not None}
 
     def __repr__(self) -> str:
-        extra = "" if self.bias else ", bias=False"
-        extra += ", batch_first=True" if self.batch_first else ""
+        """The constructor call, with the arguments that are not the default."""
+        args = inspect.signature(LSTM).parameters
+        extra = "".join(f", {n}={getattr(self, n)!r}" for n, a in args.items()
+                        if n not in ("input_size", "hidden_size", "dtype", "seed")
+                        and getattr(self, n) != a.default)
         extra += ", dtype=float64" if self.dtype == np.float64 else ""
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
