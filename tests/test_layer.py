@@ -186,7 +186,6 @@ def test_layer_pickles() -> None:
     (dict(seed="abc"), TypeError, "seed"),
     (dict(proj_size=4), ValueError, "proj_size: expected less than hidden_size = 4"),
     (dict(reverse=True, bidirectional=True), ValueError, "reverse: not with bidirectional"),
-    (dict(proj_size=2), NotImplementedError, "proj_size: not implemented yet"),
     (dict(layer_norm=True), NotImplementedError, "layer_norm: not implemented yet"),
 ])
 def test_layer_bad_constructor_arguments(kw: dict[str, Any], err: type[Exception],
@@ -399,6 +398,9 @@ VARIANTS: list[dict[str, Any]] = [
     dict(num_layers=2, bidirectional=True, dropout=0.5, zoneout_c=0.5, lengths=True),
     dict(reverse=True),
     dict(num_layers=2, reverse=True, lengths=True, batch_first=True),
+    dict(proj_size=2),
+    dict(proj_size=3, num_layers=2, bidirectional=True, lengths=True, zoneout_h=0.3,
+         recurrent_dropout=0.2, peephole=True),
 ]
 
 
@@ -412,9 +414,13 @@ def test_gradient_check_every_variant(variant: dict[str, Any]) -> None:
     T, B, LD = 3, 3, m.num_layers * (2 if m.bidirectional else 1)
     lengths = [2, 0, 3] if variant.get("lengths") else None
     shape = (T, 3) if variant.get("unbatched") else (B, T, 3) if m.batch_first else (T, B, 3)
-    sshape = (LD, 4) if variant.get("unbatched") else (LD, B, 4)
-    x, h0, c0 = rng.standard_normal(shape), rng.standard_normal(sshape), \
-        rng.standard_normal(sshape)
+    R_ = m.proj_size or 4  # units of h
+
+    def sshape(n: int) -> tuple[int, ...]:
+        return (LD, n) if variant.get("unbatched") else (LD, B, n)
+
+    x, h0, c0 = rng.standard_normal(shape), rng.standard_normal(sshape(R_)), \
+        rng.standard_normal(sshape(4))
     y, (hn, cn), tape = m.forward_train(x, (h0, c0), lengths, seed=5)
     wy, wh, wc = (rng.standard_normal(a.shape) for a in (y, hn, cn))
     random = m.zoneout_h or m.zoneout_c or m.recurrent_dropout or m.dropout
@@ -429,3 +435,51 @@ def test_gradient_check_every_variant(variant: dict[str, Any]) -> None:
     num = numerical_grads(loss, dict(x=x, h0=h0, c0=c0, **m.named_parameters()))
     for k, g in dict(x=dx, h0=dh0, c0=dc0, **grads).items():
         np.testing.assert_allclose(g, num[k], rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+# The layer against the NumPy reference's stack (reference.lstm_stack_forward/backward), which
+# is itself tested against torch, ONNX Runtime and finite differences.
+STACKS: list[dict[str, Any]] = [
+    dict(num_layers=2, bidirectional=True, proj_size=3, dropout=0.3),
+    dict(num_layers=2, peephole=True, clip=0.7, input_forget=True, zoneout_h=0.2,
+         zoneout_c=0.3, recurrent_dropout=0.25, batch_first=True),
+    dict(num_layers=3, bidirectional=True, bias=False, zoneout_c=0.5, dropout=0.5,
+         proj_size=2, peephole=True),
+    dict(reverse=True, num_layers=2, proj_size=4, recurrent_dropout=0.4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("variant", STACKS, ids=lambda v: ",".join(v))
+def test_layer_matches_reference_stack(variant: dict[str, Any], with_lengths: bool,
+                                       dtype: Any) -> None:
+    m = lstmx.LSTM(5, 6, dtype=dtype, seed=2, **variant)
+    rng = np.random.default_rng(3)
+    T, B, LD, R_ = 6, 4, m.num_layers * (2 if m.bidirectional else 1), m.proj_size or 6
+    x = rng.standard_normal((B, T, 5) if m.batch_first else (T, B, 5)).astype(dtype)
+    h0, c0 = (rng.standard_normal((LD, B, n)).astype(dtype) for n in (R_, 6))
+    lengths = [6, 0, 2, 5] if with_lengths else None
+    params = {k: v.astype(np.float64) for k, v in m.named_parameters().items()}
+    opts = {k: getattr(m, k) for k in ("num_layers", "bidirectional", "batch_first", "dropout",
+                                       "reverse", "clip", "input_forget", "zoneout_h",
+                                       "zoneout_c", "recurrent_dropout")}
+    state = (h0.astype(np.float64), c0.astype(np.float64))
+    for training in (False, True):
+        if training:
+            y, (hn, cn), tape = m.forward_train(x, (h0, c0), lengths, seed=17)
+        else:
+            y, (hn, cn) = m(x, (h0, c0), lengths)
+        yr, (hr, cr), cache = R.lstm_stack_forward(x.astype(np.float64), params, hx=state,
+                                                   lengths=lengths, training=training,
+                                                   seed=17, **opts)
+        for a, e, what in ((y, yr, "y"), (hn, hr, "h_n"), (cn, cr, "c_n")):
+            assert_close(a, e, dtype, f"{what}, training={training}")
+    dy, dh, dc = (rng.standard_normal(a.shape).astype(dtype) for a in (y, hn, cn))
+    dx, (dh0, dc0), grads = m.backward(tape, dy, dh, dc)
+    dxr, (dh0r, dc0r), gr = R.lstm_stack_backward(cache, *(a.astype(np.float64)
+                                                          for a in (dy, dh, dc)))
+    assert list(grads) == list(m.named_parameters()) and set(gr) == set(grads)
+    for k, (a, e) in dict(dx=(dx, dxr), dh0=(dh0, dh0r), dc0=(dc0, dc0r),
+                          **{k: (grads[k], gr[k]) for k in grads}).items():
+        assert_close(a, e, dtype, k)

@@ -31,8 +31,8 @@ def compare(torch: Any, ref: Any, m: lstmx.LSTM, T: int, B: int, with_state: boo
     LD = m.num_layers * (2 if m.bidirectional else 1)
     x = torch.randn(*((B, T, m.input_size) if m.batch_first else (T, B, m.input_size)),
                     dtype=tdt, requires_grad=True)
-    hx = tuple(torch.randn(LD, B, m.hidden_size, dtype=tdt, requires_grad=True)
-               for _ in range(2)) if with_state else None
+    hx = tuple(torch.randn(LD, B, n, dtype=tdt, requires_grad=True)
+               for n in (m.proj_size or m.hidden_size, m.hidden_size)) if with_state else None
     if lengths is None:
         yt, (ht, ct) = ref(x, hx)
     else:
@@ -94,6 +94,22 @@ def test_lengths_match_packed_sequences(torch: Any, dtype: str, num_layers: int,
     m = lstmx.LSTM(4, 5, **kw, dtype=dtype)
     for with_state in (False, True):
         compare(torch, ref, m, T=7, B=5, with_state=with_state, lengths=[3, 7, 1, 5, 7])
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,lengths", [
+    (1, False, False, None), (2, True, False, None), (2, True, True, [3, 7, 1, 5, 7]),
+    (3, False, True, [6, 2, 7, 7, 4])])
+def test_projection_matches_torch(torch: Any, dtype: str, num_layers: int, bidirectional: bool,
+                                  batch_first: bool, lengths: list[int] | None) -> None:
+    """proj_size (weight_hr_l{k}), alone and with stacks, both directions, PackedSequences."""
+    kw = dict(num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional,
+              proj_size=3)
+    ref = torch.nn.LSTM(4, 6, **kw).to(getattr(torch, dtype))
+    m = lstmx.LSTM(4, 6, **kw, dtype=dtype)
+    for with_state in (False, True):
+        compare(torch, ref, m, T=7, B=5, with_state=with_state, lengths=lengths)
 
 
 def test_state_dict_loads_both_ways(torch: Any) -> None:

@@ -17,8 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import get_num_threads, set_num_threads
-from .functional import Tape
-from .layer import LSTM
+from .layer import LSTM, LayerTape
 
 __all__ = ["make_batch", "main"]
 
@@ -60,7 +59,7 @@ class Adam:
             p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
 
 
-def _forward(lstm: LSTM, w: F32, b: F32, x: F32) -> tuple[F32, F32, Tape]:
+def _forward(lstm: LSTM, w: F32, b: F32, x: F32) -> tuple[F32, F32, LayerTape]:
     """Logits ``[B, K]``, the last hidden state ``[B, H]`` and the LSTM's tape."""
     _, (h_n, _), tape = lstm.forward_train(x)
     h = h_n[0]

@@ -92,7 +92,7 @@ class Tape:
     used for any number of backward calls.
     """
 
-    __slots__ = ("_cache", "_has_bias", "_cell", "_dtype", "_unbatched")
+    __slots__ = ("_cache", "_has_bias", "_cell", "_dtype")
 
     def __init__(self, cache: Any, has_bias: bool, cell: bool, dtype: np.dtype[Any]) -> None:
         kinds = {np.dtype(np.float32): _core.Cache_f32, np.dtype(np.float64): _core.Cache_f64}
@@ -104,7 +104,6 @@ class Tape:
         self._has_bias = has_bias
         self._cell = cell
         self._dtype = dtype
-        self._unbatched = False  # set by lstmx.LSTM for 2-D (unbatched) input
 
     @property
     def nbytes(self) -> int:
@@ -310,6 +309,18 @@ def _probability(name: str, p: object, closed: bool = True) -> float:
     return float(p)
 
 
+def _check_clip(clip: object) -> float | None:
+    """``clip``: None (no clip) or a positive threshold."""
+    if clip is None:
+        return None
+    if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.integer,
+                                                                   np.floating)):
+        raise TypeError(f"clip: expected a float or None, got {type(clip).__name__}")
+    if not clip > 0:
+        raise ValueError(f"clip: expected a positive threshold, got {clip!r}")
+    return float(clip)
+
+
 def _uint64(name: str, v: object) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -348,13 +359,9 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
         p = _float_array("peephole", peephole, dt, "x")
         _expect_shape("peephole", p, (3, H), "[3, H]")
         kw["peephole"] = _c_array(p)
+    clip = _check_clip(clip)
     if clip is not None:
-        if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.integer,
-                                                                       np.floating)):
-            raise TypeError(f"clip: expected a float or None, got {type(clip).__name__}")
-        if not clip > 0:
-            raise ValueError(f"clip: expected a positive threshold, got {clip!r}")
-        kw["clip"] = float(clip)
+        kw["clip"] = clip
     kw["zoneout_h"] = _probability("zoneout_h", zoneout_h)
     kw["zoneout_c"] = _probability("zoneout_c", zoneout_c)
     kw["recurrent_dropout"] = _probability("recurrent_dropout", recurrent_dropout, closed=False)

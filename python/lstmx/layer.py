@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_lengths, _check_memory,
-                         _flag, _float_array, _probability, _to_numpy, _uint64, lstm,
-                         lstm_backward, lstm_train)
+from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_clip, _check_lengths,
+                         _check_memory, _flag, _float_array, _probability, _to_numpy, _uint64,
+                         lstm, lstm_backward, lstm_train)
 
 __all__ = ["LSTM", "LayerTape"]
 
@@ -86,8 +86,10 @@ class LSTM:
     (initial forget-gate bias: ``bias_ih``'s slice ``[H:2H]`` set to it, ``bias_hh``'s to 0),
     ``reverse`` (run each sequence backwards; not with ``bidirectional``), ``zoneout_h``,
     ``zoneout_c`` (random in training, their expectation at inference) and
-    ``recurrent_dropout`` (training only). ``proj_size > 0`` and ``layer_norm`` are not
-    implemented yet. ``dropout`` applies to every layer's output but the last, in training.
+    ``recurrent_dropout`` (training only). ``layer_norm`` is not implemented yet.
+    ``dropout`` applies to every layer's output but the last, in training. With
+    ``proj_size = P > 0``, ``h = (o * tanh(c)) weight_hr^T`` has ``P`` units (PyTorch's
+    projection), and ``weight_hr_l{k}{sfx} [P, H]`` joins the parameters.
 
     Parameters ``weight_ih_l{k}{sfx} [4H, I_k]``, ``weight_hh_l{k}{sfx} [4H, H]``,
     ``bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} [4H]`` (``sfx`` is ``""`` or ``"_reverse"``,
@@ -131,9 +133,7 @@ class LSTM:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         seed = None if seed is None else _uint64("seed", seed)
         self.peephole = _flag("peephole", peephole)
-        self.clip = None if clip is None else _real("clip", clip)
-        if self.clip is not None and self.clip <= 0:
-            raise ValueError(f"clip: expected a positive threshold, got {clip!r}")
+        self.clip = _check_clip(clip)
         self.input_forget = _flag("input_forget", input_forget)
         self.forget_bias = None if forget_bias is None else _real("forget_bias", forget_bias)
         if self.forget_bias is not None and not self.bias:
@@ -147,10 +147,8 @@ class LSTM:
         self.zoneout_c = _probability("zoneout_c", zoneout_c)
         self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout,
                                               closed=False)
-        todo = [n for n, on in (("proj_size", self.proj_size), ("layer_norm", self.layer_norm))
-                if on]
-        if todo:
-            raise NotImplementedError(f"{', '.join(todo)}: not implemented yet")
+        if self.layer_norm:
+            raise NotImplementedError("layer_norm: not implemented yet")
 
         # ---- the parameters ----
         nbytes = self._parameter_count() * (8 + self.dtype.itemsize)  # + the float64 draws
@@ -221,7 +219,7 @@ class LSTM:
         """Pass (k, d)'s parameters, by name without suffix (absent ones None)."""
         sfx = "_" + self._pass_name(k, d)
         return {n: getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "bias_ih",
-                                                          "bias_hh", "peephole")}
+                                                          "bias_hh", "weight_hr", "peephole")}
 
     # ---- parameters ----
     def named_parameters(self) -> dict[str, Array]:
@@ -330,7 +328,7 @@ class LSTM:
                         None if h0 is None else h0[j], None if c0 is None else c0[j])
                 kw: dict[str, Any] = dict(
                     batch_first=self.batch_first, lengths=lens, reverse=self.reverse or d == 1,
-                    peephole=p["peephole"], clip=self.clip, input_forget=self.input_forget,
+                    w_hr=p["weight_hr"], peephole=p["peephole"], clip=self.clip, input_forget=self.input_forget,
                     zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
                 if training:
                     y, hn[j], cn[j], tape = lstm_train(
@@ -430,7 +428,7 @@ class LSTM:
         sfx = "_" + self._pass_name(k, d)
         out = {"weight_ih" + sfx: g.dw_ih, "weight_hh" + sfx: g.dw_hh,
                "bias_ih" + sfx: g.db_ih, "bias_hh" + sfx: g.db_hh,
-               "peephole" + sfx: g.dpeephole}
+               "weight_hr" + sfx: g.dw_hr, "peephole" + sfx: g.dpeephole}
         return {n: a for n, a in out.items() if n in self._shapes and a is not None}
 
     def __repr__(self) -> str:
