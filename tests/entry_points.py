@@ -142,6 +142,21 @@ def _other_tape(cell: bool) -> Callable[[dict[str, Any]], Any]:
 SEQ_KINDS = dict(x="array", w_ih="array", w_hh="array", b_ih="array", b_hh="array",
                  h0="array", c0="array", batch_first="flag")
 SEQ_OPTIONAL = frozenset({"b_ih", "b_hh", "h0", "c0"})
+# lstm's variants, valid and not the default (lstm_train adds its masks' arguments)
+VARIANT_KINDS = dict(lengths="lengths", reverse="flag", peephole="array", clip="threshold",
+                     input_forget="flag", zoneout_h="probability", zoneout_c="probability")
+VARIANT_OPTIONAL = frozenset({"lengths", "peephole", "clip"})
+TRAIN_KINDS = dict(recurrent_dropout="probability", seed="seed", stream="count")
+
+
+def _variant(dt: np.dtype[Any], train: bool, proj: bool = False) -> dict[str, Any]:
+    c = dict(_seq(dt), lengths=[3, 1], reverse=True,
+             peephole=np.linspace(-1, 1, 3 * H).reshape(3, H).astype(dt), clip=2.0,
+             input_forget=True, zoneout_h=0.2, zoneout_c=0.3)
+    if proj:  # P = 2: w_hh [4H, P], h0 [B, P]
+        c.update(w_hr=np.linspace(-1, 1, 2 * H).reshape(2, H).astype(dt),
+                 w_hh=c["w_hh"][:, :2].copy(), h0=c["h0"][:, :2].copy())
+    return dict(c, recurrent_dropout=0.25, seed=7, stream=3) if train else c
 CELL_KINDS = dict(x="array", w_ih="array", w_hh="array", b_ih="array", b_hh="array", h="array",
                   c="array")
 CELL_OPTIONAL = frozenset({"b_ih", "b_hh", "h", "c"})
@@ -171,6 +186,12 @@ ENTRIES = [
     # ---- the functional API ----
     Entry("lstm", lstmx.lstm, _seq, SEQ_KINDS, SEQ_OPTIONAL),
     Entry("lstm_train", lstmx.lstm_train, _seq, SEQ_KINDS, SEQ_OPTIONAL),
+    Entry("lstm (variants)", lstmx.lstm, lambda dt: _variant(dt, False),
+          dict(SEQ_KINDS, **VARIANT_KINDS), SEQ_OPTIONAL | VARIANT_OPTIONAL),
+    Entry("lstm_train (variants, projection)", lstmx.lstm_train,
+          lambda dt: _variant(dt, True, proj=True),
+          dict(SEQ_KINDS, **VARIANT_KINDS, **TRAIN_KINDS, w_hr="array"),
+          SEQ_OPTIONAL | VARIANT_OPTIONAL | {"seed", "w_hr"}),
     Entry("lstm_backward", lstmx.lstm_backward, lambda dt: _grads(dt, cell=False),
           dict(tape="object", dy="array", dh_n="array", dc_n="array"),
           frozenset({"dy", "dh_n", "dc_n"}), bad=dict(tape=[_other_tape(cell=False)])),
