@@ -530,30 +530,58 @@ EIGEN_ALWAYS_INLINE Pk<S> dh_new(const Cache<S>& cache, const Mat<S>& md, const 
 // ---- Layer norm helpers ----------------------------------------------------------------------
 constexpr double kLnEps = 1e-5;
 
+// Sums f(i) (a packet of lanes [i, i + V)) over a row [n] in packets, then the tail lanes
+// t(i) one by one: a fixed order, so each row's sum depends on the row alone.
+template <typename S, typename F, typename Tail>
+EIGEN_ALWAYS_INLINE S row_sum(Index n, F&& f, Tail&& t) {
+  Pk<S> acc = ei::pzero(Pk<S>());
+  Index i = 0;
+  for (; i + kV<S> <= n; i += kV<S>) acc = ei::padd(acc, f(i));
+  S sum = ei::predux(acc);
+  for (; i < n; ++i) sum += t(i);
+  return sum;
+}
+
 // Normalises a row a [n] in place, a = (a - mean) * rstd, and returns rstd = 1 / sqrt(var + eps)
-// (biased variance; sums in double, in order).
+// (biased variance, two passes).
 template <typename S>
 S ln_row(S* a, Index n) {
-  double m = 0, v = 0;
-  for (Index i = 0; i < n; ++i) m += a[i];
-  m /= double(n);
-  for (Index i = 0; i < n; ++i) v += (a[i] - m) * (a[i] - m);
-  const double rs = 1 / std::sqrt(v / double(n) + kLnEps);
-  for (Index i = 0; i < n; ++i) a[i] = S((a[i] - m) * rs);
-  return S(rs);
+  using P = Pk<S>;
+  const S m = row_sum<S>(n, [&](Index i) { return ei::ploadu<P>(a + i); },
+                         [&](Index i) { return a[i]; }) / S(n);
+  const P mv = ei::pset1<P>(m);
+  const S v = row_sum<S>(
+      n,
+      [&](Index i) {
+        const P d = ei::psub(ei::ploadu<P>(a + i), mv);
+        return ei::pmul(d, d);
+      },
+      [&](Index i) { return (a[i] - m) * (a[i] - m); }) / S(n);
+  const S rs = S(1 / std::sqrt(double(v) + kLnEps));
+  const P rv = ei::pset1<P>(rs);
+  for (Index i = 0; i < n; i += kV<S>) {
+    const Index nv = std::min(kV<S>, n - i);
+    store(a + i, ei::pmul(ei::psub(load(a + i, nv), mv), rv), nv);
+  }
+  return rs;
 }
 
 // The backward of a = LN(z) * gain for one row [n], given da, the normalised row nrm and its
 // rstd: dz = rstd * (dn - mean(dn) - nrm * mean(dn * nrm)) with dn = da * gain.
 template <typename S>
 void ln_row_backward(const S* da, const S* gain, const S* nrm, S rstd, Index n, S* dz) {
-  double s1 = 0, s2 = 0;
-  for (Index i = 0; i < n; ++i) {
-    const double dn = double(da[i]) * gain[i];
-    s1 += dn, s2 += dn * nrm[i];
+  using P = Pk<S>;
+  auto dn = [&](Index i) { return ei::pmul(ei::ploadu<P>(da + i), ei::ploadu<P>(gain + i)); };
+  const S s1 = row_sum<S>(n, dn, [&](Index i) { return da[i] * gain[i]; }) / S(n);
+  const S s2 = row_sum<S>(
+      n, [&](Index i) { return ei::pmul(dn(i), ei::ploadu<P>(nrm + i)); },
+      [&](Index i) { return da[i] * gain[i] * nrm[i]; }) / S(n);
+  const P m1 = ei::pset1<P>(s1), m2 = ei::pset1<P>(s2), rv = ei::pset1<P>(rstd);
+  for (Index i = 0; i < n; i += kV<S>) {
+    const Index nv = std::min(kV<S>, n - i);
+    const P d = ei::pmul(load(da + i, nv), load(gain + i, nv));
+    store(dz + i, ei::pmul(rv, ei::psub(ei::psub(d, m1), ei::pmul(load(nrm + i, nv), m2))), nv);
   }
-  s1 /= double(n), s2 /= double(n);
-  for (Index i = 0; i < n; ++i) dz[i] = S(rstd * (double(da[i]) * gain[i] - s1 - nrm[i] * s2));
 }
 
 // Thread tid's batch entries [e0, e1) with layer norm: whole blocks of kMR, so that the
