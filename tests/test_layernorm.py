@@ -253,3 +253,17 @@ def test_without_layer_norm_no_gradient() -> None:
     c = make_case(3, 2, 3, 4)
     y, _, _, tape = lstmx.lstm_train(**c)
     assert lstmx.lstm_backward(tape, np.ones_like(y)).dlayer_norm is None
+
+
+@pytest.mark.parametrize("T, B, I, H, lengths", [(1, 1, 1, 1, None), (3, 2, 1, 2, [0, 2]),
+                                                 (2, 3, 2, 3, [0, 0, 0]), (0, 2, 2, 3, None)])
+def test_edge_sizes(T: int, B: int, I: int, H: int, lengths: Any) -> None:
+    c = make_case(T, B, I, H, seed=2)
+    ln = ln_params(H, np.float64)
+    y, hn, cn, tape = lstmx.lstm_train(**c, lengths=lengths, layer_norm=ln)
+    for a, e in zip((y, hn, cn), oracle(**c, lengths=lengths, layer_norm=ln)):
+        assert_close(a, e, np.float64)
+    g = lstmx.lstm_backward(tape, np.ones_like(y), np.ones_like(hn), np.ones_like(cn))
+    assert g.dlayer_norm is not None and all(np.isfinite(a).all() for a in g.dlayer_norm)
+    if not (lengths and max(lengths)) and T and lengths is not None:
+        assert all(not a.any() for a in g.dlayer_norm)  # no step ran
