@@ -95,11 +95,11 @@ const lstmx::KernelTable<double>& table(const lstmx::Backend& b) { return b.f64;
 template <typename S>
 struct Cache {
   Dims d;
-  bool peephole;
+  bool peephole, ln;
   const lstmx::KernelTable<S>* k;
   lstmx::Cache<S>* p;
   Cache(const Dims& dims, const lstmx::Options<S>& o, const lstmx::KernelTable<S>& kt)
-      : d(dims), peephole(o.peephole), k(&kt), p(kt.cache_new(dims, o)) {}
+      : d(dims), peephole(o.peephole), ln(o.ln), k(&kt), p(kt.cache_new(dims, o)) {}
   ~Cache() { k->cache_free(p); }
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
@@ -109,14 +109,30 @@ struct Cache {
 // The variants of one call (lstmx.h, Options), as passed by lstmx.functional.
 struct Variant {
   py::object lengths = py::none(), peephole = py::none(), w_hr = py::none();
+  py::object layer_norm = py::none();  // (gain_x [4H], gain_h [4H], gain_c [H], bias_c [H])
   bool reverse = false, input_forget = false;
   double clip = 0, zoneout_h = 0, zoneout_c = 0, recurrent_dropout = 0;
   std::uint64_t seed = 0, stream = 0;
 };
 
+// ln: receives the layer-norm arrays, concatenated (Options::ln points at it).
 template <typename S>
-lstmx::Options<S> options(const Variant& v, const Dims& d) {
+lstmx::Options<S> options(const Variant& v, const Dims& d, std::vector<S>& ln) {
   lstmx::Options<S> o;
+  if (!v.layer_norm.is_none()) {
+    if (!py::isinstance<py::tuple>(v.layer_norm) || py::len(v.layer_norm) != 4)
+      throw py::type_error("layer_norm: expected a tuple (gain_x, gain_h, gain_c, bias_c)");
+    const auto t = py::reinterpret_borrow<py::tuple>(v.layer_norm);
+    const char* names[4] = {"layer_norm[0] (gain_x)", "layer_norm[1] (gain_h)",
+                            "layer_norm[2] (gain_c)", "layer_norm[3] (bias_c)"};
+    ln.clear();
+    for (int i = 0; i < 4; ++i) {
+      const Index n = i < 2 ? 4 * d.H : d.H;
+      const S* a = in_ptr<S>(t[i], names[i], {n});
+      ln.insert(ln.end(), a, a + n);
+    }
+    o.ln = ln.data();
+  }
   if (!v.lengths.is_none()) {
     if (!py::isinstance<py::array_t<std::int64_t>>(v.lengths))
       throw py::type_error("lengths: expected a numpy array of int64");
@@ -162,7 +178,8 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   const S* pb = in_ptr<S>(bias, "bias", {4 * d.H});
   const S* ph0 = in_ptr<S>(h0, "h0", {d.B, R});
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
-  const lstmx::Options<S> opt = options<S>(v, d);
+  std::vector<S> ln;
+  const lstmx::Options<S> opt = options<S>(v, d, ln);
   auto y = out<S>({x.shape(0), x.shape(1), R});
   auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
   S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
@@ -191,7 +208,8 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   auto dh0 = out<S>({d.B, R}), dc0 = out<S>({d.B, d.H});
   auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, R});
   auto db = out<S>({4 * d.H});
-  py::object dpeep = py::none(), dwhr = py::none();  // present with peepholes, a projection
+  // present with peepholes, a projection, layer norm
+  py::object dpeep = py::none(), dwhr = py::none(), dln = py::none();
   lstmx::Grads<S> g{dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(),
                     dwih.mutable_data(), dwhh.mutable_data(), db.mutable_data(), nullptr,
                     nullptr};
@@ -205,12 +223,22 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
     g.dw_hr = a.mutable_data();
     dwhr = a;
   }
+  py::array_t<S> dlnv;  // [10H]: dgain_x, dgain_h, dgain_c, dbias_c
+  if (cache.ln) {
+    dlnv = out<S>({10 * d.H});
+    g.dln = dlnv.mutable_data();
+  }
   {
     py::gil_scoped_release nogil;
     // The cache's own module runs backward, whatever ISA is active now.
     cache.k->backward(kernel_of(naive), lstmx::num_threads(), *cache.p, pdy, pdhn, pdcn, g);
   }
-  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr);
+  if (cache.ln) {
+    const py::ssize_t G = 4 * d.H, H = d.H;
+    auto part = [&](py::ssize_t a, py::ssize_t n) { return dlnv[py::slice(a, a + n, 1)]; };
+    dln = py::make_tuple(part(0, G), part(G, G), part(2 * G, H), part(2 * G + H, H));
+  }
+  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr, dln);
 }
 
 template <typename S>
@@ -241,9 +269,10 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
                       bool batch_first, bool training, bool naive, const py::object& lengths,
                       bool reverse, const py::object& w_hr, const py::object& peephole,
                       double clip, bool input_forget, double zoneout_h, double zoneout_c,
-                      double recurrent_dropout, std::uint64_t seed, std::uint64_t stream) {
-  const Variant v{lengths, peephole, w_hr, reverse, input_forget, clip, zoneout_h, zoneout_c,
-                  recurrent_dropout, seed, stream};
+                      double recurrent_dropout, std::uint64_t seed, std::uint64_t stream,
+                      const py::object& layer_norm) {
+  const Variant v{lengths,   peephole,  w_hr,      layer_norm,        reverse, input_forget,
+                  clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream};
   if (py::isinstance<py::array_t<float>>(x))
     return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
   if (py::isinstance<py::array_t<double>>(x))
@@ -263,7 +292,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lengths") = py::none(), py::arg("reverse") = false,
         py::arg("w_hr") = py::none(), py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
-        py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0);
+        py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
+        py::arg("layer_norm") = py::none());
   m.def("uniform", [](std::uint64_t seed, std::uint64_t stream, Index count) {
     if (count < 0 || count > (Index(1) << 40)) throw py::value_error("count: expected 0..2**40");
     auto u = out<double>({count});

@@ -259,13 +259,15 @@ constexpr Index kKC = std::max<Index>(32, 32768 / (4 * kV<S> * Index(sizeof(S)))
 // One time step's work on one panel: for each of the B rows b, the tile row (4 vectors q) is
 // init(b, q) + A_row(b)[0, K) panel, then done(b, q0, q1, q2, q3). A_row(b) points at row b of A (unit stride in k). When B needs several
 // row blocks, K is cut into L1-sized blocks so each block of the panel comes from L2 or L3 once
-// and serves every row block; part [B, 4V] carries the partial sums in between.
+// and serves every row block; part [B, 4V] carries the partial sums in between. The blocking
+// is chosen as if there were `rows` rows (default B): callers that split rows among threads
+// pass the total, so each output's sum does not depend on the split.
 template <typename S, typename ARow, typename Init, typename Done>
 EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row, Init&& init,
-                                    Done&& done, S* part) {
+                                    Done&& done, S* part, Index rows = -1) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  const Index KC = B > kMR ? kKC<S> : std::max<Index>(K, 1);
+  const Index KC = (rows < 0 ? B : rows) > kMR ? kKC<S> : std::max<Index>(K, 1);
   for (Index k0 = 0; k0 == 0 || k0 < K; k0 += KC) {
     const Index kb = std::min(KC, K - k0);
     const bool first = k0 == 0;
@@ -393,6 +395,202 @@ template <typename P>
 EIGEN_ALWAYS_INLINE P inside(const P& a, const P& lo, const P& hi) {
   return ei::pand(ei::pcmp_lt(lo, a), ei::pcmp_lt(a, hi));
 }
+
+// The clip bounds, and the activations there (where a clamped gate sits), once per call.
+template <typename S>
+struct Clamps {
+  Pk<S> lo, hi, slo, shi, tlo, thi;
+  explicit Clamps(S clip)
+      : lo(ei::pset1<Pk<S>>(-clip)), hi(ei::pset1<Pk<S>>(clip)), slo(vsigmoid(lo)),
+        shi(vsigmoid(hi)), tlo(vtanh(lo)), thi(vtanh(hi)) {}
+  EIGEN_ALWAYS_INLINE Pk<S> operator()(const Pk<S>& z) const {
+    return ei::pmin<Eigen::PropagateNaN>(ei::pmax<Eigen::PropagateNaN>(z, lo), hi);
+  }
+};
+
+// Stores gate vectors (i, f, g, o) of units [j0, j0 + nv) into a gates row g [4H].
+template <typename S>
+EIGEN_ALWAYS_INLINE void store_gates(S* g, Index H, Index j0, Index nv, const Pk<S>& zi,
+                                     const Pk<S>& zf, const Pk<S>& zg, const Pk<S>& zo) {
+  store(g + j0, zi, nv), store(g + H + j0, zf, nv), store(g + 2 * H + j0, zg, nv);
+  store(g + 3 * H + j0, zo, nv);
+}
+
+// The cell on units [j0, j0 + nv), given the pre-activations z and c_{t-1}: peepholes, clip,
+// activations; the gates and the new cell value cn (before zoneout).
+template <typename S>
+struct CellOut {
+  Pk<S> i, f, g, o, cn;
+};
+template <typename S>
+EIGEN_ALWAYS_INLINE CellOut<S> cell_forward(const Options<S>& opt, const Clamps<S>& clamp,
+                                            Index H, Index j0, Index nv, const Pk<S>& c0,
+                                            Pk<S> zi, Pk<S> zf, Pk<S> zg, Pk<S> zo) {
+  const S* pp = opt.peephole;  // [3, H]
+  const bool clip = opt.clip > 0;
+  if (pp) {
+    zi = ei::pmadd(load(pp + j0, nv), c0, zi);
+    zf = ei::pmadd(load(pp + H + j0, nv), c0, zf);
+  }
+  if (clip) zi = clamp(zi), zf = clamp(zf), zg = clamp(zg);
+  CellOut<S> c;
+  c.i = vsigmoid(zi), c.g = vtanh(zg);
+  c.f = opt.input_forget ? ei::psub(ei::pset1<Pk<S>>(1), c.i) : vsigmoid(zf);
+  c.cn = ei::padd(ei::pmul(c.f, c0), ei::pmul(c.i, c.g));
+  if (pp) zo = ei::pmadd(load(pp + 2 * H + j0, nv), c.cn, zo);
+  if (clip) zo = clamp(zo);
+  c.o = vsigmoid(zo);
+  return c;
+}
+
+// The cell backward on units [j, j + n), given the gates, c_{t-1} (cp), dcn = dL/dc_new
+// through c_t and the output (not yet through p_o), dzo = dL/dz_o before the clip mask, and
+// zcar = z * dL/dc_t (zoneout's share for c_{t-1}) or nullptr: dL/dz of the gates and dL/dc_{t-1}.
+template <typename S>
+struct CellGrad {
+  Pk<S> dzi, dzf, dzg, dzo, dcp;
+};
+template <typename S>
+EIGEN_ALWAYS_INLINE CellGrad<S> cell_backward(const Options<S>& opt, const Clamps<S>& cl, Index H,
+                                              Index j, Index n, const Pk<S>& i, const Pk<S>& f,
+                                              const Pk<S>& gg, const Pk<S>& o, const Pk<S>& cp,
+                                              Pk<S> dcn, Pk<S> dzo, const Pk<S>* zcar) {
+  using P = Pk<S>;
+  const P one = ei::pset1<P>(1);
+  const S* pp = opt.peephole;  // [3, H]
+  const bool clip = opt.clip > 0;
+  if (clip) dzo = ei::pand(dzo, inside(o, cl.slo, cl.shi));
+  if (pp) dcn = ei::pmadd(dzo, load(pp + 2 * H + j, n), dcn);
+  P di = ei::pmul(dcn, gg), dzf = ei::pzero(one);
+  if (opt.input_forget) di = ei::psub(di, ei::pmul(dcn, cp));
+  else dzf = ei::pmul(ei::pmul(dcn, cp), ei::pmul(f, ei::psub(one, f)));
+  P dzi = ei::pmul(di, ei::pmul(i, ei::psub(one, i)));
+  P dzg = ei::pmul(ei::pmul(dcn, i), ei::psub(one, ei::pmul(gg, gg)));
+  if (clip) {
+    dzi = ei::pand(dzi, inside(i, cl.slo, cl.shi));
+    dzf = ei::pand(dzf, inside(f, cl.slo, cl.shi));
+    dzg = ei::pand(dzg, inside(gg, cl.tlo, cl.thi));
+  }
+  P dcp = ei::pmul(dcn, f);  // dL/dc_{t-1}
+  if (zcar) dcp = ei::padd(dcp, *zcar);
+  if (pp) {
+    dcp = ei::pmadd(dzi, load(pp + j, n), dcp);
+    dcp = ei::pmadd(dzf, load(pp + H + j, n), dcp);
+  }
+  return {dzi, dzf, dzg, dzo, dcp};
+}
+
+// h_t of entry k at step s, units [j0, j0 + nv) of R, given h_{t-1} (hp, its row): zoneout,
+// then into y and (training) into the cache as step s + 1's h_{t-1}, times the recurrent-dropout
+// mask md.
+template <typename S>
+EIGEN_ALWAYS_INLINE void emit_h(const Dims& d, const Seq& q, const Options<S>& opt,
+                                const Mat<S>& md, Cache<S>* cache, Index s, Index k,
+                                const S* hp, Index j0, Index nv, Pk<S> h, S* y) {
+  const Index pos = q.off[s] + k, b = q.perm[k], R = d.R();
+  if (opt.zoneout_h > 0) {
+    const Pk<S> z = zoneout<S>(opt, kZoneoutH, cache != nullptr, opt.zoneout_h, s, d.B, b, R, j0, nv);
+    h = ei::padd(ei::pmul(z, load(hp + j0, nv)), ei::pmul(ei::psub(ei::pset1<Pk<S>>(1), z), h));
+  }
+  store(y + q.row[pos] * R + j0, h, nv);
+  if (cache && s + 1 < d.T && k < q.n[s + 1])
+    store(cache->hprev.data() + (q.off[s + 1] + k) * R + j0,
+          md.size() ? ei::pmul(h, load(md.data() + b * R + j0, nv)) : h, nv);
+}
+
+// dL/dh_new of entry k at step s (s < 0: dh_0), units [j, j + n) of R, from a = dG_{s+1} W_hh:
+// times the recurrent-dropout mask md, plus what dhs carries (dh_n at a sequence's last step,
+// zoneout's share of dh_{t+1} before) and dy; dhs then carries zoneout's share on. With a
+// projection, also into dhn [N, R].
+template <typename S>
+EIGEN_ALWAYS_INLINE Pk<S> dh_new(const Cache<S>& cache, const Mat<S>& md, const S* dy, Mat<S>& dhs,
+                                 Mat<S>& dhn, Index s, Index k, Index j, Index n, Pk<S> a) {
+  const Seq& q = cache.seq;
+  const Options<S>& opt = cache.opt;
+  const Index b = q.perm[k], R = cache.d.R();
+  Pk<S> dh = md.size() ? ei::pmul(a, load(md.data() + b * R + j, n)) : a;
+  dh = ei::padd(dh, load(dhs.data() + k * R + j, n));
+  if (s < 0) {  // dh_0
+    store(dhs.data() + k * R + j, dh, n);
+    return dh;
+  }
+  const Index pos = q.off[s] + k;
+  if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * R + j, n));
+  if (opt.zoneout_h > 0) {  // h_t = z h_{t-1} + (1 - z) h_new
+    const Pk<S> z = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, cache.d.B, b, R, j, n);
+    store(dhs.data() + k * R + j, ei::pmul(z, dh), n);
+    dh = ei::pmul(ei::psub(ei::pset1<Pk<S>>(1), z), dh);
+  } else {
+    store(dhs.data() + k * R + j, ei::pzero(dh), n);
+  }
+  if (cache.d.P) store(dhn.data() + pos * R + j, dh, n);
+  return dh;
+}
+
+// ---- Layer norm helpers ----------------------------------------------------------------------
+constexpr double kLnEps = 1e-5;
+
+// Sums f(i) (a packet of lanes [i, i + V)) over a row [n] in packets, then the tail lanes
+// t(i) one by one: a fixed order, so each row's sum depends on the row alone.
+template <typename S, typename F, typename Tail>
+EIGEN_ALWAYS_INLINE S row_sum(Index n, F&& f, Tail&& t) {
+  Pk<S> acc = ei::pzero(Pk<S>());
+  Index i = 0;
+  for (; i + kV<S> <= n; i += kV<S>) acc = ei::padd(acc, f(i));
+  S sum = ei::predux(acc);
+  for (; i < n; ++i) sum += t(i);
+  return sum;
+}
+
+// Normalises a row a [n] in place, a = (a - mean) * rstd, and returns rstd = 1 / sqrt(var + eps)
+// (biased variance, two passes).
+template <typename S>
+S ln_row(S* a, Index n) {
+  using P = Pk<S>;
+  const S m = row_sum<S>(n, [&](Index i) { return ei::ploadu<P>(a + i); },
+                         [&](Index i) { return a[i]; }) / S(n);
+  const P mv = ei::pset1<P>(m);
+  const S v = row_sum<S>(
+      n,
+      [&](Index i) {
+        const P d = ei::psub(ei::ploadu<P>(a + i), mv);
+        return ei::pmul(d, d);
+      },
+      [&](Index i) { return (a[i] - m) * (a[i] - m); }) / S(n);
+  const S rs = S(1 / std::sqrt(double(v) + kLnEps));
+  const P rv = ei::pset1<P>(rs);
+  for (Index i = 0; i < n; i += kV<S>) {
+    const Index nv = std::min(kV<S>, n - i);
+    store(a + i, ei::pmul(ei::psub(load(a + i, nv), mv), rv), nv);
+  }
+  return rs;
+}
+
+// The backward of a = LN(z) * gain for one row [n], given da, the normalised row nrm and its
+// rstd: dz = rstd * (dn - mean(dn) - nrm * mean(dn * nrm)) with dn = da * gain.
+template <typename S>
+void ln_row_backward(const S* da, const S* gain, const S* nrm, S rstd, Index n, S* dz) {
+  using P = Pk<S>;
+  auto dn = [&](Index i) { return ei::pmul(ei::ploadu<P>(da + i), ei::ploadu<P>(gain + i)); };
+  const S s1 = row_sum<S>(n, dn, [&](Index i) { return da[i] * gain[i]; }) / S(n);
+  const S s2 = row_sum<S>(
+      n, [&](Index i) { return ei::pmul(dn(i), ei::ploadu<P>(nrm + i)); },
+      [&](Index i) { return da[i] * gain[i] * nrm[i]; }) / S(n);
+  const P m1 = ei::pset1<P>(s1), m2 = ei::pset1<P>(s2), rv = ei::pset1<P>(rstd);
+  for (Index i = 0; i < n; i += kV<S>) {
+    const Index nv = std::min(kV<S>, n - i);
+    const P d = ei::pmul(load(da + i, nv), load(gain + i, nv));
+    store(dz + i, ei::pmul(rv, ei::psub(ei::psub(d, m1), ei::pmul(load(nrm + i, nv), m2))), nv);
+  }
+}
+
+// Thread tid's batch entries [e0, e1) with layer norm: whole blocks of kMR, so that the
+// microkernel's row groups, and so every sum, are the same for any thread count.
+inline void share_entries(Index B, int nt, int tid, Index& e0, Index& e1) {
+  Index b0, b1;
+  share(ceil_div(B, kMR), nt, tid, b0, b1);
+  e0 = std::min(B, b0 * kMR), e1 = std::min(B, b1 * kMR);
+}
 }  // namespace
 
 // ---- The visiting order and the cache -----------------------------------------------------------
@@ -438,9 +636,15 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
       hprev(seq.N, dims.R()),
       r(dims.P ? seq.N : 0, dims.H),
       c(seq.N, dims.H),
-      c0(dims.B, dims.H) {
+      c0(dims.B, dims.H),
+      ln(o.ln ? 1 : 0, 10 * dims.H),
+      nx(o.ln ? seq.N : 0, 4 * dims.H),
+      nh(o.ln ? seq.N : 0, 4 * dims.H),
+      nc(o.ln ? seq.N : 0, dims.H),
+      rstd(o.ln ? seq.N : 0, 3) {
   opt.lengths = nullptr;  // seq holds them; begin_forward fills these copies:
   opt.peephole = o.peephole ? peep.data() : nullptr;
+  opt.ln = o.ln ? ln.data() : nullptr;
   opt.w_hr = dims.P ? w_hr.data() : nullptr;
 }
 
@@ -448,7 +652,9 @@ template <typename S>
 std::size_t Cache<S>::nbytes() const {
   return seq.nbytes() + sizeof(S) * std::size_t(x.size() + w_ih.size() + w_hh.size() +
                                                 w_hr.size() + peep.size() + gates.size() +
-                                                hprev.size() + r.size() + c.size() + c0.size());
+                                                hprev.size() + r.size() + c.size() + c0.size() +
+                                                ln.size() + nx.size() + nh.size() + nc.size() +
+                                                rstd.size());
 }
 
 namespace {
@@ -471,6 +677,7 @@ bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* 
     cache->w_hh = CMap<S>(w_hh, 4 * H, R);
     if (d.P) cache->w_hr = CMap<S>(opt.w_hr, d.P, H);
     if (opt.peephole) cache->peep = CMap<S>(opt.peephole, 3, H);
+    if (opt.ln) cache->ln = CMap<S>(opt.ln, 1, 10 * H);
     for (Index k = 0; k < B; ++k) {
       cache->c0.row(k) = cn.row(q.perm[k]);
       if (k < q.n[0]) {
@@ -497,6 +704,8 @@ void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const 
 
 // The weight gradients and dx, all big GEMMs over the N tokens (dG packed):
 //   dx = dG W_ih   dW_ih = dG^T x   dW_hh = dG^T hprev   db = column sums of dG.
+// (With layer norm the fast version takes dGx = dL/d(x W_ih^T) for dx and dW_ih, dGh for dW_hh,
+// and dG = dL/dz for db.)
 // dx goes to the layout of x (its padding is set to 0 first).
 // The naive version: Eigen, one thread.
 template <typename S>
@@ -514,14 +723,15 @@ void weight_grads_naive(const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih
 // packed GEMM (gemm_part) computes the product. One scratch buffer serves all of them in turn.
 // With a projection, also dW_hr = dhn^T r (dhn [N, P]: dL/dh_new of every token).
 template <typename S>
-void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, const Mat<S>& dhn,
-                       S* dx, S* dw_ih, S* dw_hh, S* db, S* dw_hr) {
+void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, const Mat<S>& dGh,
+                       const Mat<S>& dG, const Mat<S>& dhn, S* dx, S* dw_ih, S* dw_hh, S* db,
+                       S* dw_hr) {
   constexpr Index W = 4 * kV<S>;
   const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
   const Index npi = panel_count<S>(Panels::Plain, I), npr = panel_count<S>(Panels::Plain, R);
   const Index nph = cache.d.P ? panel_count<S>(Panels::Plain, H) : 0;
   Buf<S> pk(std::max({npi * G, npi * N, npr * N, nph * N}) * W);  // packed right-hand side
-  const S* dg = dG.data();                                         // [N, 4H]
+  const S *dg = dG.data(), *dgx = dGx.data(), *dgh = dGh.data();   // [N, 4H]
   const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
   with_team(threads, npi + npr, flops, [&](int tid, int nt, Errors& err) {
     Buf<S> ap;  // this thread's copy of a block of A^T
@@ -539,9 +749,9 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dG, con
       });
       barrier();  // before pk is packed again
     };
-    product(N, I, G, dg, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dG W_ih
-    product(G, I, N, dg, G, false, cache.x.data(), I, dw_ih, nullptr);      // dW_ih = dG^T x
-    product(G, R, N, dg, G, false, cache.hprev.data(), R, dw_hh, nullptr);  // dW_hh = dG^T hprev
+    product(N, I, G, dgx, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dG W_ih
+    product(G, I, N, dgx, G, false, cache.x.data(), I, dw_ih, nullptr);      // dW_ih = dG^T x
+    product(G, R, N, dgh, G, false, cache.hprev.data(), R, dw_hh, nullptr);  // dW_hh = dG^T hprev
     if (cache.d.P)
       product(R, H, N, dhn.data(), R, false, cache.r.data(), H, dw_hr, nullptr);  // dhn^T r
     Index c0, c1;  // db: this thread's columns
@@ -646,13 +856,10 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
   Buf<S> scratch(cache ? 0 : Tc * B * G), rs(cache || !proj ? 0 : B * H);
   S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [Tc*B, 4H]
-  const bool training = cache != nullptr, peep = opt.peephole, clip = opt.clip > 0;
-  const bool zc = opt.zoneout_c > 0, zh = opt.zoneout_h > 0;
-  const S* pp = opt.peephole;  // [3, H]
-  const P one = ei::pset1<P>(1), lo = ei::pset1<P>(-opt.clip), hi = ei::pset1<P>(opt.clip);
-  auto clamp = [&](P z) __attribute__((always_inline)) {
-    return ei::pmin<Eigen::PropagateNaN>(ei::pmax<Eigen::PropagateNaN>(z, lo), hi);
-  };
+  const bool training = cache != nullptr;
+  const bool zc = opt.zoneout_c > 0;
+  const P one = ei::pset1<P>(1);
+  const Clamps<S> clamp(opt.clip);
   with_team(threads, np, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(Tc * B * W); });
@@ -683,9 +890,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                   return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
                 },
                 [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                  S* g = gates + grow(pa + i) * G + j0;
-                  store(g, zi, nv), store(g + H, zf, nv), store(g + 2 * H, zg, nv);
-                  store(g + 3 * H, zo, nv);
+                  store_gates(gates + grow(pa + i) * G, H, j0, nv, zi, zf, zg, zo);
                 },
                 part.data());
           }
@@ -695,17 +900,8 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
       auto hprev = [&](Index k) __attribute__((always_inline)) {
         return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
       };
-      // h_t of entry k, units [j0, j0 + nv) of R: zoneout, then y and step t+1's h_{t-1}
       auto emit = [&](Index k, Index j0, Index nv, P h) __attribute__((always_inline)) {
-        const Index pos = q.off[s] + k, b = q.perm[k];
-        if (zh) {
-          const P z = zoneout<S>(opt, kZoneoutH, training, opt.zoneout_h, s, B, b, R, j0, nv);
-          h = ei::padd(ei::pmul(z, load(hprev(k) + j0, nv)), ei::pmul(ei::psub(one, z), h));
-        }
-        store(y + q.row[pos] * R + j0, h, nv);
-        if (training && s + 1 < T && k < q.n[s + 1])  // times m (recurrent dropout)
-          store(cache->hprev.data() + (q.off[s + 1] + k) * R + j0,
-                md.size() ? ei::pmul(h, load(md.data() + b * R + j0, nv)) : h, nv);
+        emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, h, y);
       };
       err.run([&] {
         for (Index p = p0; p < p1; ++p) {
@@ -724,29 +920,16 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                                             : cache->c0.data() + k * H)
                                        : c_n + b * H;
                 const P c0 = load(cp + j0, nv);  // c_{t-1}
-                if (peep) {
-                  zi = ei::pmadd(load(pp + j0, nv), c0, zi);
-                  zf = ei::pmadd(load(pp + H + j0, nv), c0, zf);
-                }
-                if (clip) zi = clamp(zi), zf = clamp(zf), zg = clamp(zg);
-                const P i = vsigmoid(zi), g = vtanh(zg);
-                const P f = opt.input_forget ? ei::psub(one, i) : vsigmoid(zf);
-                const P cn = ei::padd(ei::pmul(f, c0), ei::pmul(i, g));
-                if (peep) zo = ei::pmadd(load(pp + 2 * H + j0, nv), cn, zo);
-                if (clip) zo = clamp(zo);
-                const P o = vsigmoid(zo);
-                const P r = ei::pmul(o, vtanh(cn));
+                const CellOut<S> cell = cell_forward(opt, clamp, H, j0, nv, c0, zi, zf, zg, zo);
+                const P cn = cell.cn, r = ei::pmul(cell.o, vtanh(cn));
                 P c = cn;
                 if (zc) {
                   const P z = zoneout<S>(opt, kZoneoutC, training, opt.zoneout_c, s, B, b, H, j0, nv);
                   c = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cn));
                 }
                 store((training ? cache->c.data() + pos * H : c_n + b * H) + j0, c, nv);
-                if (training) {  // the activated gates
-                  S* gs = gates + pos * G + j0;
-                  store(gs, i, nv), store(gs + H, f, nv), store(gs + 2 * H, g, nv);
-                  store(gs + 3 * H, o, nv);
-                }
+                if (training)  // the activated gates
+                  store_gates(gates + pos * G, H, j0, nv, cell.i, cell.f, cell.g, cell.o);
                 if (proj)  // r, for h_t = r W_hr^T once every unit's r is there
                   store((training ? cache->r.data() + pos * H : rs.data() + k * H) + j0, r, nv);
                 else
@@ -798,14 +981,10 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   const Index nph = proj ? panel_count<S>(Panels::Plain, H) : 0;  // W_hr: 4V units, K = P
   Buf<S> wh(npr * G * W), whr(nph * d.P * W);
   const Mat<S> md = dropout_mask(opt, B, R, true);
-  const bool peep = opt.peephole, clip = opt.clip > 0, zc = opt.zoneout_c > 0;
-  const bool zh = opt.zoneout_h > 0;
-  const S* pp = opt.peephole;  // [3, H]
+  const bool zc = opt.zoneout_c > 0;
   if (dpeep) std::fill_n(dpeep, 3 * H, S(0));
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
-  // the activations of -clip and clip: where a clipped gate sits when it was clamped
-  const P slo = vsigmoid(ei::pset1<P>(-opt.clip)), shi = vsigmoid(ei::pset1<P>(opt.clip));
-  const P tlo = vtanh(ei::pset1<P>(-opt.clip)), thi = vtanh(ei::pset1<P>(opt.clip));
+  const Clamps<S> cl(opt.clip);
   const double flops = 2.0 * q.N * (G * R + d.P * H);
   with_team(threads, std::max(npr, nph), flops, [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
@@ -824,27 +1003,6 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
     //   the tile writes dG_t.
     for (Index s = T - 1; s >= -1; --s) {
       const Index Bs = s < 0 ? B : q.n[s], m = q.n[s + 1];  // rows, rows with dG_{s+1}
-      // dL/dh_new of entry k, units [j, j + n) of R, from the tile a = dG_{s+1} W_hh
-      auto head = [&](Index k, Index j, Index n, P a) __attribute__((always_inline)) {
-        const Index b = q.perm[k];
-        P dh = md.size() ? ei::pmul(a, load(md.data() + b * R + j, n)) : a;
-        dh = ei::padd(dh, load(dhs.data() + k * R + j, n));
-        if (s < 0) {  // dh_0
-          store(dhs.data() + k * R + j, dh, n);
-          return dh;
-        }
-        const Index pos = q.off[s] + k;
-        if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * R + j, n));
-        if (zh) {  // h_t = z h_{t-1} + (1 - z) h_new
-          const P z = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, B, b, R, j, n);
-          store(dhs.data() + k * R + j, ei::pmul(z, dh), n);
-          dh = ei::pmul(ei::psub(one, z), dh);
-        } else {
-          store(dhs.data() + k * R + j, zero, n);
-        }
-        if (proj) store(dhn.data() + pos * R + j, dh, n);
-        return dh;
-      };
       // the cell backward of entry k, units [j, j + n) of H, given dL/dr
       auto cell = [&](Index k, Index j, Index n, P dr) __attribute__((always_inline)) {
         const Index pos = q.off[s] + k, b = q.perm[k];
@@ -862,33 +1020,18 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
           z = zoneout<S>(opt, kZoneoutC, true, opt.zoneout_c, s, B, b, H, j, n);
           dcn = ei::pmul(ei::psub(one, z), dcar);
         }
-        P dzo = ei::pmul(ei::pmul(dr, tc), ei::pmul(o, ei::psub(one, o)));
-        if (clip) dzo = ei::pand(dzo, inside(o, slo, shi));
+        const P dzo = ei::pmul(ei::pmul(dr, tc), ei::pmul(o, ei::psub(one, o)));
         dcn = ei::padd(dcn, ei::pmul(ei::pmul(dr, o), ei::psub(one, ei::pmul(tc, tc))));
-        if (peep) dcn = ei::pmadd(dzo, load(pp + 2 * H + j, n), dcn);
-        P di = ei::pmul(dcn, gg), dzf = zero;
-        if (opt.input_forget) di = ei::psub(di, ei::pmul(dcn, cp));
-        else dzf = ei::pmul(ei::pmul(dcn, cp), ei::pmul(f, ei::psub(one, f)));
-        P dzi = ei::pmul(di, ei::pmul(i, ei::psub(one, i)));
-        P dzg = ei::pmul(ei::pmul(dcn, i), ei::psub(one, ei::pmul(gg, gg)));
-        if (clip) {
-          dzi = ei::pand(dzi, inside(i, slo, shi));
-          dzf = ei::pand(dzf, inside(f, slo, shi));
-          dzg = ei::pand(dzg, inside(gg, tlo, thi));
+        const P zcar = ei::pmul(z, dcar);
+        const CellGrad<S> g = cell_backward(opt, cl, H, j, n, i, f, gg, o, cp, dcn, dzo,
+                                            zc ? &zcar : nullptr);
+        store_gates(dG.data() + pos * G, H, j, n, g.dzi, g.dzf, g.dzg, g.dzo);
+        if (dpeep && opt.peephole) {
+          store(dpeep + j, ei::pmadd(g.dzi, cp, load(dpeep + j, n)), n);
+          store(dpeep + H + j, ei::pmadd(g.dzf, cp, load(dpeep + H + j, n)), n);
+          store(dpeep + 2 * H + j, ei::pmadd(g.dzo, cn, load(dpeep + 2 * H + j, n)), n);
         }
-        S* dgb = dG.data() + pos * G;
-        store(dgb + j, dzi, n), store(dgb + H + j, dzf, n);
-        store(dgb + 2 * H + j, dzg, n), store(dgb + 3 * H + j, dzo, n);
-        P dcp = ei::pmul(dcn, f);  // dL/dc_{t-1}
-        if (zc) dcp = ei::padd(dcp, ei::pmul(z, dcar));
-        if (peep) {
-          dcp = ei::pmadd(dzi, load(pp + j, n), dcp);
-          dcp = ei::pmadd(dzf, load(pp + H + j, n), dcp);
-          store(dpeep + j, ei::pmadd(dzi, cp, load(dpeep + j, n)), n);
-          store(dpeep + H + j, ei::pmadd(dzf, cp, load(dpeep + H + j, n)), n);
-          store(dpeep + 2 * H + j, ei::pmadd(dzo, cn, load(dpeep + 2 * H + j, n)), n);
-        }
-        store(dcs.data() + k * H + j, dcp, n);
+        store(dcs.data() + k * H + j, g.dcp, n);
       };
       auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
       // Runs f(k, j, n, tile vector) over the 4 vectors of panel p (4V units of `units`).
@@ -902,7 +1045,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
         };
       };
       auto head_cell = [&](Index k, Index j, Index n, P a) __attribute__((always_inline)) {
-        const P dh = head(k, j, n, a);
+        const P dh = dh_new(cache, md, dy, dhs, dhn, s, k, j, n, a);
         if (!proj && s >= 0) cell(k, j, n, dh);
       };
       err.run([&] {
@@ -938,6 +1081,311 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
     }
   });
 }
+
+// ---- Layer norm: threads own batch entries (whole rows), for the whole call ------------------
+// Each thread takes blocks of kMR entries (share_entries) and runs every panel for them: a
+// step's full rows of x W_ih^T (Tc steps at a time) and h_{t-1} W_hh^T, their LNs, the cell, the
+// LN of c_t and, with a projection, r W_hr^T. An entry's chain through time stays on its thread,
+// so the time loop has no barrier. The weights are packed once, by all threads.
+template <typename S>
+void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt, const S* x,
+                const S* w_ih, const S* w_hh, const S* bias, const S* h0, const Mat<S>& md,
+                S* y, const S* h_n, S* c_n, Cache<S>* cache) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>, W = 4 * V;
+  const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, R = d.R();
+  const Index np = panel_count<S>(Panels::Gates, G);
+  const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+  const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
+  const bool training = cache != nullptr, proj = d.P > 0, zc = opt.zoneout_c > 0;
+  const S *gx = opt.ln, *gh = gx + G, *gc = gh + G, *bc = gc + H;  // [4H], [4H], [H], [H]
+  Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
+  // Inference scratch: x W_ih^T of Tc steps [Tc B, 4H]; h W_hh^T, then the gates, of a step
+  // [B, 4H]; c_t, then LN(c_t) [B, H]; r [B, H]. Training keeps them in the cache.
+  Buf<S> sx(training ? 0 : Tc * B * G), sh(training ? 0 : B * G), sc(training ? 0 : B * H);
+  Buf<S> rs(training || !proj ? 0 : B * H);
+  const P one = ei::pset1<P>(1), zero = ei::pzero(one);
+  const Clamps<S> clamp(opt.clip);
+  auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
+  with_team(threads, ceil_div(B, kMR), 2.0 * q.N * (G * (I + R) + H * d.P),
+            [&](int tid, int nt, Errors& err) {
+    Buf<S> part;  // partial sums between k-blocks, per thread
+    err.run([&] { part.resize(B * W); });
+    Index p0, p1, pr0, pr1, e0, e1;
+    share(np, nt, tid, p0, p1);
+    share(npr, nt, tid, pr0, pr1);
+    err.run([&] {
+      pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
+      pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh.data());  // W_hh^T
+      if (proj) pack<S>(Panels::Plain, pr0, pr1, H, d.P, opt.w_hr, 1, H, whr.data());  // W_hr^T
+    });
+    barrier();  // every panel packed
+    share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
+    // this thread's rows at step t: entries [e0, e0 + rows(t))
+    auto rows = [&](Index t) { return std::max<Index>(0, std::min(e1, q.n[t]) - e0); };
+    for (Index s = 0; s < T; ++s) {
+      const Index s0 = s - s % Tc;  // first step of the projection chunk
+      auto zx = [&](Index pos) {    // the row of x W_ih^T (then LN) of position pos
+        return training ? cache->nx.data() + pos * G : sx.data() + (pos - q.off[s0]) * G;
+      };
+      if (s == s0)  // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps)
+        err.run([&] {
+          for (Index p = 0; p < np; ++p) {
+            const Index j0 = p * V, nv = std::min(V, H - j0);
+            for (Index t = s; t < std::min(T, s + Tc); ++t) {
+              const Index a = q.off[t] + e0;
+              panel_rows<S>(
+                  rows(t), I, wi.data() + p * I * W,
+                  [&](Index i) __attribute__((always_inline)) {
+                    return training ? cache->x.data() + (a + i) * I : x + q.row[a + i] * I;
+                  },
+                  zeros,
+                  [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
+                    store_gates(zx(a + i), H, j0, nv, zi, zf, zg, zo);
+                  },
+                  part.data(), q.n[t]);
+            }
+          }
+        });
+      const Index a = q.off[s] + e0, n = rows(s);
+      auto zh = [&](Index k) {  // the row of h_{t-1} W_hh^T (then LN) of entry k
+        return training ? cache->nh.data() + (q.off[s] + k) * G : sh.data() + k * G;
+      };
+      auto hprev = [&](Index k) {  // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
+        return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
+      };
+      err.run([&] {
+        for (Index p = 0; p < np; ++p) {
+          const Index j0 = p * V, nv = std::min(V, H - j0);
+          panel_rows<S>(
+              n, s || h0 ? R : 0, wh.data() + p * R * W,  // h_{-1} = 0 adds nothing
+              [&](Index i) __attribute__((always_inline)) {
+                return training ? cache->hprev.data() + (a + i) * R : hprev(e0 + i);
+              },
+              zeros,
+              [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
+                store_gates(zh(e0 + i), H, j0, nv, zi, zf, zg, zo);
+              },
+              part.data(), q.n[s]);
+        }
+        for (Index k = e0; k < e0 + n; ++k) {
+          const Index pos = q.off[s] + k, b = q.perm[k];
+          S *ax = zx(pos), *ah = zh(k);
+          const S rx = ln_row(ax, G), rh = ln_row(ah, G);
+          S* gates = training ? cache->gates.data() + pos * G : ah;  // inference: over zh
+          S* cn = training ? cache->nc.data() + pos * H : sc.data() + k * H;  // c_t, then LN
+          const S* cp = training ? (s ? cache->c.data() + (q.off[s - 1] + k) * H
+                                      : cache->c0.data() + k * H)
+                                 : c_n + b * H;  // c_{t-1}
+          S* cz = training ? cache->c.data() + pos * H : c_n + b * H;  // c_t after zoneout
+          for (Index j0 = 0; j0 < H; j0 += V) {
+            const Index nv = std::min(V, H - j0);
+            P z[4];  // LN(zx) gain_x + LN(zh) gain_h + b
+            for (int g = 0; g < 4; ++g) {
+              const Index o = g * H + j0;
+              z[g] = ei::pmadd(load(ax + o, nv), load(gx + o, nv),
+                               ei::pmul(load(ah + o, nv), load(gh + o, nv)));
+              if (bias) z[g] = ei::padd(z[g], load(bias + o, nv));
+            }
+            const P c0 = load(cp + j0, nv);
+            const CellOut<S> c = cell_forward(opt, clamp, H, j0, nv, c0, z[0], z[1], z[2], z[3]);
+            store_gates(gates, H, j0, nv, c.i, c.f, c.g, c.o);
+            store(cn + j0, c.cn, nv);
+            P cnew = c.cn;
+            if (zc) {
+              const P m = zoneout<S>(opt, kZoneoutC, training, opt.zoneout_c, s, B, b, H, j0, nv);
+              cnew = ei::padd(ei::pmul(m, c0), ei::pmul(ei::psub(one, m), c.cn));
+            }
+            store(cz + j0, cnew, nv);
+          }
+          const S rc = ln_row(cn, H);
+          if (training) cache->rstd(pos, 0) = rx, cache->rstd(pos, 1) = rh, cache->rstd(pos, 2) = rc;
+          S* rr = training ? cache->r.data() + pos * H : rs.data() + k * H;  // projection only
+          for (Index j0 = 0; j0 < H; j0 += V) {  // r = o tanh(LN(c_t) gain_c + bias_c)
+            const Index nv = std::min(V, H - j0);
+            const P ch = ei::pmadd(load(cn + j0, nv), load(gc + j0, nv), load(bc + j0, nv));
+            const P r = ei::pmul(load(gates + 3 * H + j0, nv), vtanh(ch));
+            if (proj) store(rr + j0, r, nv);
+            else emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, r, y);
+          }
+        }
+        for (Index p = 0; p < npr; ++p) {  // h = r W_hr^T
+          const Index u0 = p * W;          // units [u0, u0 + 4V) of P
+          panel_rows<S>(
+              n, H, whr.data() + p * H * W,
+              [&](Index i) __attribute__((always_inline)) {
+                return training ? cache->r.data() + (a + i) * H : rs.data() + (e0 + i) * H;
+              },
+              zeros,
+              [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                const P av[4] = {a0, a1, a2, a3};
+                for (int g = 0; g < 4; ++g) {
+                  const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
+                  if (nv) emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), u0 + g * V, nv,
+                                 av[g], y);
+                }
+              },
+              part.data(), q.n[s]);
+        }
+      });
+    }
+  });
+}
+
+// Backward with layer norm, threads owning entries as in forward_ln. Step s (T - 1 down to -1):
+// dh_new = dGh_{s+1} W_hh (times m) + carry + dy (dh_new), then dr (= dh_new, or dh_new W_hr),
+// then per row: through r = o tanh(LN(c) gain_c + bias_c) and its LN (dch = dL/d(that LN's
+// output)), the cell (dG = dL/dz), and the two gate LNs (dGx, dGh). After the loop, the sums
+// over tokens, by columns in token order: dln (gains, bias_c) and dpeep (db: weight_grads_fast).
+template <typename S>
+void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
+                 Mat<S>& dG, Mat<S>& dGx, Mat<S>& dGh, Mat<S>& dch, Mat<S>& dhn, S* dpeep,
+                 S* dln) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>, W = 4 * V;
+  const Dims& d = cache.d;
+  const Seq& q = cache.seq;
+  const Options<S>& opt = cache.opt;
+  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, R = d.R(), N = q.N;
+  const bool proj = d.P > 0, zc = opt.zoneout_c > 0;
+  const Index npr = panel_count<S>(Panels::Plain, R);   // W_hh panels: 4V units of R, K = 4H
+  const Index nph = proj ? panel_count<S>(Panels::Plain, H) : 0;  // W_hr: 4V units, K = P
+  Buf<S> wh(npr * G * W), whr(nph * d.P * W);
+  const Mat<S> md = dropout_mask(opt, B, R, true);
+  const S *gx = opt.ln, *gh = gx + G, *gc = gh + G, *bc = gc + H;
+  const P one = ei::pset1<P>(1), zero = ei::pzero(one);
+  const Clamps<S> cl(opt.clip);
+  auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
+  with_team(threads, ceil_div(B, kMR), 2.0 * N * (G * R + d.P * H),
+            [&](int tid, int nt, Errors& err) {
+    Buf<S> part, dr, dcl;  // per thread: partial sums; dL/dr of its entries [B, H]; a row [H]
+    err.run([&] { part.resize(B * W), dr.resize(B * H), dcl.resize(H); });
+    Index p0, p1, ph0, ph1, e0, e1;
+    share(npr, nt, tid, p0, p1);
+    share(nph, nt, tid, ph0, ph1);
+    err.run([&] {
+      pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh.data());
+      if (proj) pack<S>(Panels::Plain, ph0, ph1, d.P, H, cache.w_hr.data(), H, 1, whr.data());
+    });
+    barrier();  // every panel packed
+    share_entries(B, nt, tid, e0, e1);
+    for (Index s = T - 1; s >= -1; --s) {
+      const Index Bs = s < 0 ? B : q.n[s], m = q.n[s + 1];  // rows, rows with dG_{s+1}
+      const Index nr = std::max<Index>(0, std::min(e1, Bs) - e0);  // this thread's
+      const Index nm = std::max<Index>(0, std::min(e1, m) - e0);
+      err.run([&] {
+        for (Index p = 0; p < npr; ++p) {
+          auto f = [&, p](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+            const P a[4] = {a0, a1, a2, a3};
+            for (int g = 0; g < 4; ++g) {
+              const Index j = p * W + g * V, n = std::clamp<Index>(R - j, 0, V);
+              if (!n) continue;
+              const P dh = dh_new(cache, md, dy, dhs, dhn, s, e0 + i, j, n, a[g]);
+              if (!proj && s >= 0) store(dr.data() + i * H + j, dh, n);
+            }
+          };
+          panel_rows<S>(  // the entries still running at step s + 1: dGh_{s+1} W_hh
+              nm, G, wh.data() + p * G * W,
+              [&](Index i) __attribute__((always_inline)) {
+                return dGh.data() + (q.off[s + 1] + e0 + i) * G;
+              },
+              zeros, f, part.data(), m);
+          panel_rows<S>(  // those whose last step is s: no recurrent term
+              nr - nm, 0, wh.data(), [&](Index) { return wh.data(); }, zeros,
+              [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                f(nm + i, a0, a1, a2, a3);
+              },
+              part.data());
+        }
+        if (s < 0) return;
+        for (Index p = 0; p < nph; ++p)  // dr = dh_new W_hr
+          panel_rows<S>(
+              nr, d.P, whr.data() + p * d.P * W,
+              [&](Index i) __attribute__((always_inline)) {
+                return dhn.data() + (q.off[s] + e0 + i) * R;
+              },
+              zeros,
+              [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                const P a[4] = {a0, a1, a2, a3};
+                for (int g = 0; g < 4; ++g) {
+                  const Index j = p * W + g * V, n = std::clamp<Index>(H - j, 0, V);
+                  if (n) store(dr.data() + i * H + j, a[g], n);
+                }
+              },
+              part.data(), Bs);
+        for (Index k = e0; k < e0 + nr; ++k) {
+          const Index pos = q.off[s] + k, b = q.perm[k];
+          const S *gb = cache.gates.data() + pos * G, *nc = cache.nc.data() + pos * H;
+          const S* drk = dr.data() + (k - e0) * H;
+          S *dz = dG.data() + pos * G, *dc = dch.data() + pos * H;
+          for (Index j = 0; j < H; j += V) {  // dL/dz_o (before the clip mask) and dch
+            const Index n = std::min(V, H - j);
+            const P o = load(gb + 3 * H + j, n), dro = ei::pmul(load(drk + j, n), o);
+            const P tc = vtanh(ei::pmadd(load(nc + j, n), load(gc + j, n), load(bc + j, n)));
+            store(dz + 3 * H + j, ei::pmul(ei::pmul(dro, tc), ei::psub(one, o)), n);
+            store(dc + j, ei::pmul(dro, ei::psub(one, ei::pmul(tc, tc))), n);
+          }
+          ln_row_backward(dc, gc, nc, cache.rstd(pos, 2), H, dcl.data());  // dL/dc_new
+          for (Index j = 0; j < H; j += V) {  // the cell
+            const Index n = std::min(V, H - j);
+            const P i = load(gb + j, n), f = load(gb + H + j, n), gg = load(gb + 2 * H + j, n),
+                    o = load(gb + 3 * H + j, n);
+            const P cp = load(s ? cache.c.data() + (q.off[s - 1] + k) * H + j
+                                : cache.c0.data() + k * H + j, n);  // c_{t-1}
+            const P dcar = load(dcs.data() + k * H + j, n);
+            P dcn = dcar, zcar = zero;
+            if (zc) {  // c_t = z c_{t-1} + (1 - z) c_new
+              const P z = zoneout<S>(opt, kZoneoutC, true, opt.zoneout_c, s, B, b, H, j, n);
+              dcn = ei::pmul(ei::psub(one, z), dcar), zcar = ei::pmul(z, dcar);
+            }
+            dcn = ei::padd(dcn, load(dcl.data() + j, n));
+            const CellGrad<S> g = cell_backward(opt, cl, H, j, n, i, f, gg, o, cp, dcn,
+                                                load(dz + 3 * H + j, n), zc ? &zcar : nullptr);
+            store_gates(dz, H, j, n, g.dzi, g.dzf, g.dzg, g.dzo);
+            store(dcs.data() + k * H + j, g.dcp, n);
+          }
+          ln_row_backward(dz, gx, cache.nx.data() + pos * G, cache.rstd(pos, 0), G,
+                          dGx.data() + pos * G);
+          ln_row_backward(dz, gh, cache.nh.data() + pos * G, cache.rstd(pos, 1), G,
+                          dGh.data() + pos * G);
+        }
+      });
+    }
+    barrier();  // every token's dG, dch
+    // The sums over tokens, by columns: this thread's columns of dln = [dgain_x, dgain_h] and
+    // of [dgain_c, dbias_c, dpeep]
+    Index c0, c1, u0, u1;
+    share(G, nt, tid, c0, c1);
+    share(H, nt, tid, u0, u1);
+    err.run([&] {
+      std::fill(dln + c0, dln + c1, S(0)), std::fill(dln + G + c0, dln + G + c1, S(0));
+      for (Index t = 0; t < N; ++t)
+        for (Index c = c0; c < c1; ++c) {
+          dln[c] += dG(t, c) * cache.nx(t, c);
+          dln[G + c] += dG(t, c) * cache.nh(t, c);
+        }
+      for (Index j = u0; j < u1; ++j) {
+        dln[2 * G + j] = dln[2 * G + H + j] = 0;
+        if (dpeep) dpeep[j] = dpeep[H + j] = dpeep[2 * H + j] = 0;
+      }
+      for (Index s = 0; s < T; ++s)
+        for (Index k = 0; k < q.n[s]; ++k) {
+          const Index t = q.off[s] + k;
+          const S* cp = s ? cache.c.data() + (q.off[s - 1] + k) * H : cache.c0.data() + k * H;
+          for (Index j = u0; j < u1; ++j) {
+            dln[2 * G + j] += dch(t, j) * cache.nc(t, j);
+            dln[2 * G + H + j] += dch(t, j);
+            if (!dpeep) continue;
+            const S* gb = cache.gates.data() + t * G;  // c_new, before zoneout:
+            const S cn = zc ? gb[H + j] * cp[j] + gb[j] * gb[2 * H + j] : cache.c(t, j);
+            dpeep[j] += dG(t, j) * cp[j];
+            dpeep[H + j] += dG(t, H + j) * cp[j];
+            dpeep[2 * H + j] += dG(t, 3 * H + j) * cn;
+          }
+        }
+    });
+  });
+}
 }  // namespace
 
 // ---- The sequence: forward and backward through time, either implementation -------------------
@@ -954,6 +1402,8 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
   if (!begin_forward(d, q, opt, x, w_ih, w_hh, h0, c0, md, y, h_n, c_n, cache)) return;
   if (k == Kernel::Naive)
     forward_naive(d, q, x, w_ih, w_hh, bias, y, h_n, c_n, cache);
+  else if (opt.ln)
+    forward_ln(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache);
   else
     forward_fast(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache);
   end_forward(d, q, y, h_n, c_n, cache);
@@ -975,6 +1425,7 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
   }
   if (N < d.T * B || H == 0) Map<S>(g.dx, d.T * B, I).setZero();  // the padding
   if (g.dpeep) Map<S>(g.dpeep, 3, H).setZero();
+  if (g.dln) Map<S>(g.dln, 1, 10 * H).setZero();
   if (N == 0 || H == 0) {
     Map<S>(g.dw_ih, G, I).setZero(), Map<S>(g.dw_hh, G, R).setZero();
     Map<S>(g.db, 1, G).setZero();
@@ -985,9 +1436,14 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
     if (k == Kernel::Naive) {
       backward_naive(cache, dy, dhs, dcs, dG);
       weight_grads_naive(cache, dG, g.dx, g.dw_ih, g.dw_hh, g.db);
+    } else if (cache.opt.ln) {
+      if (!g.dln) throw std::invalid_argument("dln: required with layer norm");
+      Mat<S> dGx(N, G), dGh(N, G), dch(N, H);  // dL/d(x W_ih^T), dL/d(h W_hh^T), dL/dLN(c_t)
+      backward_ln(threads, cache, dy, dhs, dcs, dG, dGx, dGh, dch, dhn, g.dpeep, g.dln);
+      weight_grads_fast(threads, cache, dGx, dGh, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
     } else {
       backward_fast(threads, cache, dy, dhs, dcs, dG, g.dpeep, dhn);
-      weight_grads_fast(threads, cache, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
+      weight_grads_fast(threads, cache, dG, dG, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
     }
   }
   for (Index e = 0; e < B; ++e) {

@@ -29,6 +29,9 @@
 //   zoneout_c, zoneout_h  c_t = z * c_{t-1} + (1 - z) * c_t, the same for h (y is the zoned h);
 //                 z in {0, 1} per (step, entry, unit) in training, z = p in inference. The
 //                 peephole p_o and tanh see the new cell value before zoneout.
+//   ln            layer normalisation (Haste's LayerNormLSTM; eps 1e-5, biased variance):
+//                 z = LN(x W_ih^T) gain_x + LN(h_{t-1} W_hh^T) gain_h + b, each LN over the 4H
+//                 values of one token; r = o * tanh(LN(c_t) gain_c + bias_c), LN over H.
 // Masks come from a counter-based hash of (seed, stream, step, user batch index, unit), so they
 // need no memory, are the same for any thread count, and the NumPy reference draws the same
 // ones (reference.uniform): stream + 0 zoneout on c, + 1 zoneout on h, + 2 recurrent dropout.
@@ -49,6 +52,11 @@
 //             dG_{t+1} W_hh for the thread's units and the cell backward on the tile. After the
 //             loop, dx = dG W_ih, dW_ih = dG^T x and dW_hh = dG^T hprev are packed GEMMs on the
 //             same microkernel, and db sums dG's rows.
+//   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
+//             (batch rows) instead of units, for the whole call, and computes their full gate
+//             rows (every panel, weights packed once and shared) and the normalisations itself:
+//             no barrier in the time loop. The sums over tokens (db, the LN gains, peepholes)
+//             run after it, by columns, in token order.
 //
 // Threads: the sequence kernels take a thread count. Each thread owns a slice of hidden units
 // for the whole call, so a step needs one barrier. Every output sums its terms in a fixed order
@@ -95,9 +103,10 @@ struct Options {
   double zoneout_h = 0, zoneout_c = 0;    // probabilities in [0, 1]
   double recurrent_dropout = 0;           // in [0, 1); training only
   std::uint64_t seed = 0, stream = 0;
+  const S* ln = nullptr;  // [10H] layer norm: gain_x [4H], gain_h [4H], gain_c [H], bias_c [H]
   bool plain() const {
     return !peephole && clip == 0 && !input_forget && zoneout_h == 0 && zoneout_c == 0 &&
-           recurrent_dropout == 0;
+           recurrent_dropout == 0 && !ln;
   }
 };
 
@@ -145,6 +154,12 @@ struct Cache {
   Mat<S> r;      // [N, H]   o * tanh(c_t) of every token, when projected (or empty)
   Mat<S> c;      // [N, H]   c_t of every token (after zoneout)
   Mat<S> c0;     // [B, H]   c_0, by entry k
+  // layer norm only (else empty):
+  Mat<S> ln;     // [1, 10H] copy of gain_x, gain_h, gain_c, bias_c
+  Mat<S> nx;     // [N, 4H]  LN(x W_ih^T) before the gain: (zx - mean) * rstd
+  Mat<S> nh;     // [N, 4H]  LN(h_{t-1} W_hh^T), likewise
+  Mat<S> nc;     // [N, H]   LN(c_t) before gain_c and bias_c (c_t before zoneout)
+  Mat<S> rstd;   // [N, 3]   1 / sqrt(var + eps) of zx, zh and c_t
   Cache(const Dims& dims, const Options<S>& o);
   std::size_t nbytes() const;
 };
@@ -162,7 +177,7 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
                   S* h_n, S* c_n, Cache<S>* cache);
 
 // What backward writes. db is the gradient of b_ih and of b_hh alike; dpeep and dw_hr are
-// written when the forward pass had peepholes or a projection.
+// written when the forward pass had peepholes, a projection or layer norm.
 template <typename S>
 struct Grads {
   S* dx;     // layout of x
@@ -173,6 +188,7 @@ struct Grads {
   S* db;     // [4H]
   S* dpeep;  // [3, H] or nullptr
   S* dw_hr;  // [P, H] or nullptr
+  S* dln = nullptr;  // [10H] (gain_x, gain_h, gain_c, bias_c) or nullptr
 };
 
 // dy (layout of x) or nullptr; dh_n [B, R], dc_n [B, H] or nullptr (zeros). The reverse loop
@@ -196,7 +212,7 @@ struct KernelTable {
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 3;
+constexpr int kBackendAbi = 4;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

@@ -117,7 +117,7 @@ def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool, lengths: A
     ga = F._backward(outs[0][3], dy, None, None, naive=False)
     gb = F._backward(outs[1][3], dy, None, None, naive=True)
     assert ga.dpeephole is ga.dw_hr is gb.dpeephole is gb.dw_hr is None
-    for a, b in zip(ga[:-2], gb[:-2]):
+    for a, b in zip(ga[:7], gb[:7]):
         np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * 10)
 
 

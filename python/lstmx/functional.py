@@ -29,6 +29,10 @@ Variants (keyword arguments of :func:`lstm` and :func:`lstm_train`; see ``cpp/ls
                        :func:`lstm_train`, their expectation in :func:`lstm`
 ``recurrent_dropout``  (:func:`lstm_train`) drop units of ``h_{t-1}`` before ``w_hh``, one mask
                        per call (Keras ``recurrent_dropout``), kept units scaled by ``1/(1-p)``
+``layer_norm``         ``(gain_x [4H], gain_h [4H], gain_c [H], bias_c [H])``: layer-normalised LSTM
+                       (Haste's ``LayerNormLSTM``): ``z = LN(x w_ih^T) gain_x + LN(h w_hh^T) gain_h
+                       + b`` (LN over the 4H values of a token, eps 1e-5, no bias inside) and
+                       ``h = o * tanh(LN(c) gain_c + bias_c)`` (LN over H)
 ``seed, stream``       (:func:`lstm_train`) the masks: a counter-based hash of (seed, stream,
                        step, batch index, unit), the same in :func:`lstmx.reference.uniform`
 =====================  ==========================================================================
@@ -70,7 +74,8 @@ class LSTMGrads(NamedTuple):
     ``dx`` has the shape of ``x``; ``dh0``/``dc0`` that of the initial state (for a cell step:
     of ``h``/``c``); ``dw_*`` that of the weights. ``db_ih`` and ``db_hh`` are equal (both biases
     enter the gates the same way) and are ``None`` when the forward pass had no bias;
-    ``dpeephole`` is ``None`` without peepholes, ``dw_hr`` without a projection.
+    ``dpeephole`` is ``None`` without peepholes, ``dw_hr`` without a projection, ``dlayer_norm``
+    (the gradients of ``layer_norm``'s four arrays) without layer norm.
     """
 
     dx: Array
@@ -82,6 +87,7 @@ class LSTMGrads(NamedTuple):
     db_hh: Array | None
     dpeephole: Array | None = None
     dw_hr: Array | None = None
+    dlayer_norm: tuple[Array, Array, Array, Array] | None = None
 
 
 class Tape:
@@ -295,9 +301,9 @@ def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc:
 
 
 def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
-    dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr = out
+    dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr, dln = out
     return LSTMGrads(dx, dh0, dc0, dwih, dwhh, db if has_bias else None,
-                     db.copy() if has_bias else None, dpeep, dwhr)
+                     db.copy() if has_bias else None, dpeep, dwhr, dln)
 
 
 def _probability(name: str, p: object, closed: bool = True) -> float:
@@ -341,11 +347,31 @@ def _check_lengths(lengths: ArrayLike, T: int, B: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+_LN_PARTS = (("gain_x", 4, "[4H]"), ("gain_h", 4, "[4H]"), ("gain_c", 1, "[H]"),
+             ("bias_c", 1, "[H]"))
+
+
+def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[np.ndarray, ...]:
+    """``layer_norm = (gain_x [4H], gain_h [4H], gain_c [H], bias_c [H])`` of x's dtype."""
+    if not isinstance(layer_norm, (tuple, list)) or len(layer_norm) != 4:
+        raise TypeError(f"layer_norm: expected a tuple (gain_x, gain_h, gain_c, bias_c), got "
+                        f"{type(layer_norm).__name__}"
+                        + (f" of length {len(layer_norm)}" if isinstance(layer_norm, (tuple, list))
+                           else ""))
+    out = []
+    for a, (nm, k, desc) in zip(layer_norm, _LN_PARTS):
+        name = f"layer_norm[{len(out)}] ({nm})"
+        arr = _float_array(name, a, dt, "x")
+        _expect_shape(name, arr, (k * H,), desc)
+        out.append(_c_array(arr))
+    return tuple(out)
+
+
 def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse: bool = False,
              peephole: ArrayLike | None = None, clip: float | None = None,
              input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
              recurrent_dropout: float = 0.0, seed: int | None = 0,
-             stream: int = 0) -> dict[str, Any]:
+             stream: int = 0, layer_norm: Any = None) -> dict[str, Any]:
     """The checked keyword arguments of ``_core.forward`` for a call's variants."""
     dt, (T, B) = a.x.dtype, a.x.shape[:2]
     H = a.w_hh.shape[0] // 4
@@ -359,6 +385,8 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
         p = _float_array("peephole", peephole, dt, "x")
         _expect_shape("peephole", p, (3, H), "[3, H]")
         kw["peephole"] = _c_array(p)
+    if layer_norm is not None:
+        kw["layer_norm"] = _check_layer_norm(layer_norm, H, dt)
     clip = _check_clip(clip)
     if clip is not None:
         kw["clip"] = clip
@@ -394,8 +422,9 @@ def lstm(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None 
          *, batch_first: bool = False, lengths: ArrayLike | None = None, reverse: bool = False,
          w_hr: ArrayLike | None = None, peephole: ArrayLike | None = None,
          clip: float | None = None,
-         input_forget: bool = False, zoneout_h: float = 0.0,
-         zoneout_c: float = 0.0) -> tuple[Array, Array, Array]:
+         input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+         layer_norm: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
+         ) -> tuple[Array, Array, Array]:
     """Run an LSTM over a whole sequence (inference: no workspace is kept).
 
     Returns ``(y, h_n, c_n)``: every step's hidden state, and the final hidden and cell state.
@@ -403,7 +432,8 @@ def lstm(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None 
     """
     y, hn, cn, _ = _forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, False, w_hr=w_hr,
                             lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
-                            input_forget=input_forget, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
+                            input_forget=input_forget, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+                            layer_norm=layer_norm)
     return y, hn, cn
 
 
@@ -414,8 +444,9 @@ def lstm_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike |
                w_hr: ArrayLike | None = None, peephole: ArrayLike | None = None,
                clip: float | None = None,
                input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
-               recurrent_dropout: float = 0.0, seed: int | None = None,
-               stream: int = 0) -> tuple[Array, Array, Array, Tape]:
+               recurrent_dropout: float = 0.0, seed: int | None = None, stream: int = 0,
+               layer_norm: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
+               ) -> tuple[Array, Array, Array, Tape]:
     """Like :func:`lstm`, and also keep the workspace backward needs.
 
     Zoneout and recurrent dropout draw random masks from ``seed`` (``None``: a fresh one) and
@@ -425,7 +456,7 @@ def lstm_train(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike |
                                lengths=lengths, reverse=reverse, peephole=peephole, clip=clip,
                                input_forget=input_forget, zoneout_h=zoneout_h,
                                zoneout_c=zoneout_c, recurrent_dropout=recurrent_dropout,
-                               seed=seed, stream=stream)
+                               seed=seed, stream=stream, layer_norm=layer_norm)
     return y, hn, cn, tape
 
 
