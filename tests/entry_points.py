@@ -204,7 +204,6 @@ ENTRIES = [
     # ---- the layer ----
     Entry("LSTM", lambda **k: lstmx.LSTM(**k).state_dict(), _layer_args, LAYER_KINDS,
           frozenset({"seed", "clip", "forget_bias"}),
-          unimplemented=frozenset({"layer_norm"}),
           bad=dict(reverse=[lambda kw: True], recurrent_dropout=[lambda kw: 1.0],
                    proj_size=[lambda kw: H])),
     Entry("LSTM.__call__", lambda self, **k: self(**k), _layer_x,

@@ -186,7 +186,6 @@ def test_layer_pickles() -> None:
     (dict(seed="abc"), TypeError, "seed"),
     (dict(proj_size=4), ValueError, "proj_size: expected less than hidden_size = 4"),
     (dict(reverse=True, bidirectional=True), ValueError, "reverse: not with bidirectional"),
-    (dict(layer_norm=True), NotImplementedError, "layer_norm: not implemented yet"),
 ])
 def test_layer_bad_constructor_arguments(kw: dict[str, Any], err: type[Exception],
                                          pattern: str) -> None:
@@ -399,6 +398,9 @@ VARIANTS: list[dict[str, Any]] = [
     dict(reverse=True),
     dict(num_layers=2, reverse=True, lengths=True, batch_first=True),
     dict(proj_size=2),
+    dict(layer_norm=True),
+    dict(layer_norm=True, peephole=True, zoneout_h=0.3, zoneout_c=0.2, lengths=True),
+    dict(layer_norm=True, proj_size=2, num_layers=2, bidirectional=True, recurrent_dropout=0.2),
     dict(proj_size=3, num_layers=2, bidirectional=True, lengths=True, zoneout_h=0.3,
          recurrent_dropout=0.2, peephole=True),
 ]
@@ -446,6 +448,10 @@ STACKS: list[dict[str, Any]] = [
     dict(num_layers=3, bidirectional=True, bias=False, zoneout_c=0.5, dropout=0.5,
          proj_size=2, peephole=True),
     dict(reverse=True, num_layers=2, proj_size=4, recurrent_dropout=0.4),
+    dict(layer_norm=True, peephole=True, zoneout_h=0.2, zoneout_c=0.3, num_layers=2,
+         bidirectional=True, dropout=0.2),
+    dict(layer_norm=True, proj_size=3, input_forget=True, clip=1.5, recurrent_dropout=0.3,
+         batch_first=True),
 ]
 
 

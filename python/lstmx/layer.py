@@ -23,6 +23,7 @@ from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_clip, _check_
 __all__ = ["LSTM", "LayerTape"]
 
 State = tuple[Array, Array]
+_LN = ("ln_gain_ih", "ln_gain_hh", "ln_gain_c", "ln_bias_c")  # the layer norm's, in order
 _EXTRAS = ("peephole_", "ln_")  # lstmx-only parameters: initialised after PyTorch's own
 
 
@@ -86,7 +87,9 @@ class LSTM:
     (initial forget-gate bias: ``bias_ih``'s slice ``[H:2H]`` set to it, ``bias_hh``'s to 0),
     ``reverse`` (run each sequence backwards; not with ``bidirectional``), ``zoneout_h``,
     ``zoneout_c`` (random in training, their expectation at inference) and
-    ``recurrent_dropout`` (training only). ``layer_norm`` is not implemented yet.
+    ``recurrent_dropout`` (training only); ``layer_norm`` (Haste's LayerNorm-LSTM: parameters
+    ``ln_gain_ih_l{k}{sfx}, ln_gain_hh_l{k}{sfx} [4H]`` (gains 1), ``ln_gain_c_l{k}{sfx}``
+    (gains 1) and ``ln_bias_c_l{k}{sfx} [H]`` (0)).
     ``dropout`` applies to every layer's output but the last, in training. With
     ``proj_size = P > 0``, ``h = (o * tanh(c)) weight_hr^T`` has ``P`` units (PyTorch's
     projection), and ``weight_hr_l{k}{sfx} [P, H]`` joins the parameters.
@@ -147,8 +150,6 @@ class LSTM:
         self.zoneout_c = _probability("zoneout_c", zoneout_c)
         self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout,
                                               closed=False)
-        if self.layer_norm:
-            raise NotImplementedError("layer_norm: not implemented yet")
 
         # ---- the parameters ----
         nbytes = self._parameter_count() * (8 + self.dtype.itemsize)  # + the float64 draws
@@ -218,8 +219,10 @@ class LSTM:
     def _pass_params(self, k: int, d: int) -> dict[str, Array | None]:
         """Pass (k, d)'s parameters, by name without suffix (absent ones None)."""
         sfx = "_" + self._pass_name(k, d)
-        return {n: getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "bias_ih",
-                                                          "bias_hh", "weight_hr", "peephole")}
+        p = {n: getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                       "bias_hh", "weight_hr", "peephole")}
+        p["layer_norm"] = tuple(getattr(self, n + sfx) for n in _LN) if self.layer_norm else None
+        return p
 
     # ---- parameters ----
     def named_parameters(self) -> dict[str, Array]:
@@ -328,7 +331,7 @@ class LSTM:
                         None if h0 is None else h0[j], None if c0 is None else c0[j])
                 kw: dict[str, Any] = dict(
                     batch_first=self.batch_first, lengths=lens, reverse=self.reverse or d == 1,
-                    w_hr=p["weight_hr"], peephole=p["peephole"], clip=self.clip, input_forget=self.input_forget,
+                    w_hr=p["weight_hr"], peephole=p["peephole"], layer_norm=p["layer_norm"], clip=self.clip, input_forget=self.input_forget,
                     zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
                 if training:
                     y, hn[j], cn[j], tape = lstm_train(
@@ -429,6 +432,8 @@ class LSTM:
         out = {"weight_ih" + sfx: g.dw_ih, "weight_hh" + sfx: g.dw_hh,
                "bias_ih" + sfx: g.db_ih, "bias_hh" + sfx: g.db_hh,
                "weight_hr" + sfx: g.dw_hr, "peephole" + sfx: g.dpeephole}
+        if g.dlayer_norm is not None:
+            out.update({n + sfx: a for n, a in zip(_LN, g.dlayer_norm)})
         return {n: a for n, a in out.items() if n in self._shapes and a is not None}
 
     def __repr__(self) -> str:
