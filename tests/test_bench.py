@@ -97,3 +97,25 @@ def test_config_specs() -> None:
             bench.parse_config(bad)
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--configs", ","])
+
+
+def test_layer_rows(torch: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--layer: the variable-length, 2-layer bidirectional and LayerNorm rows against their
+    peers, each peer computing what lstmx computes, and the layer targets."""
+    rc = bench.main(["--configs", TINY, "--target-config", TINY, "--layer", "--no-targets",
+                     "--threads", "1", "--repeats", "2", "--quiet", "--no-plot", "--out",
+                     str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "layer variants" in out and "varlen: >= 1.5x torch" in out
+    doc = json.loads((tmp_path / bench.JSON_NAME).read_text(encoding="utf-8"))
+    rows = {(r["name"], r["mode"]): r for r in doc["layer"]}
+    assert set(rows) == {(n, m) for n in ("varlen", "bidir2", "layernorm")
+                         for m in ("infer", "train")}
+    for r in rows.values():
+        peers = {"varlen": {"lstmx", "lstmx equal", "torch"}, "bidir2": {"lstmx", "torch"},
+                 "layernorm": {"lstmx", "torch ops"}}[r["name"]]
+        assert set(r["timings"]) == peers and r["speedup"] > 0
+        assert 0 <= r["mismatch"] < 1e-3, r
+    assert all(rows[("varlen", m)]["per_token"] > 0 for m in ("infer", "train"))
+    assert [t["met"] is not None for t in doc["targets"]] == [True, True]

@@ -128,6 +128,16 @@ def _varlen(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
             for m in MODES]
 
 
+def _layer_fns(m: lstmx.LSTM, x: np.ndarray, dy: np.ndarray
+               ) -> dict[str, dict[str, Callable[[], object]]]:
+    """The layer's calls, by mode: inference, and forward_train + backward."""
+    def train() -> object:
+        y, _, tape = m.forward_train(x)
+        return m.backward(tape, dy)
+
+    return {"infer": {"lstmx": lambda: m(x)}, "train": {"lstmx": train}}
+
+
 def _bidir2(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callable[[], object]]]]:
     m = lstmx.LSTM(cfg.I, cfg.H, num_layers=2, bidirectional=True, seed=0)
     rng = np.random.default_rng(1)
@@ -135,13 +145,7 @@ def _bidir2(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
     dy = rng.standard_normal((cfg.T, cfg.B, 2 * cfg.H)).astype(np.float32)
     flops = 2 * (_fwd_flops(cfg.T, cfg.B, cfg.I, cfg.H) + _fwd_flops(cfg.T, cfg.B, 2 * cfg.H,
                                                                         cfg.H))
-
-    def train() -> object:
-        y, _, tape = m.forward_train(x)
-        return m.backward(tape, dy)
-
-    fns: dict[str, dict[str, Callable[[], object]]] = {"infer": {"lstmx": lambda: m(x)},
-                                                      "train": {"lstmx": train}}
+    fns = _layer_fns(m, x, dy)
     mismatch = None
     if env.torch is not None:
         torch = env.torch
@@ -201,13 +205,7 @@ def _layernorm(env: Env, cfg: BenchConfig
     rng = np.random.default_rng(2)
     x = rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(np.float32)
     dy = rng.standard_normal((cfg.T, cfg.B, cfg.H)).astype(np.float32)
-
-    def train() -> object:
-        y, _, tape = m.forward_train(x)
-        return m.backward(tape, dy)
-
-    fns: dict[str, dict[str, Callable[[], object]]] = {"infer": {"lstmx": lambda: m(x)},
-                                                      "train": {"lstmx": train}}
+    fns = _layer_fns(m, x, dy)
     mismatch = None
     if env.torch is not None:
         torch = env.torch
