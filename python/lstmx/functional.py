@@ -387,6 +387,9 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
         kw["peephole"] = _c_array(p)
     if layer_norm is not None:
         kw["layer_norm"] = _check_layer_norm(layer_norm, H, dt)
+        if training:  # the normalised pre-activations and cell, kept for backward, and its scratch
+            _check_memory("x, layer_norm", T * B * 19 * H * dt.itemsize,
+                          f"a LayerNorm-LSTM's workspace for T*B = {T * B} rows, H = {H}")
     clip = _check_clip(clip)
     if clip is not None:
         kw["clip"] = clip
