@@ -41,6 +41,7 @@
 // all per-token scratch are packed like PyTorch's PackedSequence: token (s, k) at position
 // off[s] + k, so a step's rows are contiguous and padding costs nothing. row[pos] is the
 // token's row in x's layout.
+//
 // The fast kernels (lstm.cpp):
 //   forward:  each thread owns a slice of hidden units for the whole call, and packs W_ih^T and
 //             W_hh^T for its units once per call into panels (per k: 4 SIMD vectors = gates
@@ -52,6 +53,8 @@
 //             dG_{t+1} W_hh for the thread's units and the cell backward on the tile. After the
 //             loop, dx = dG W_ih, dW_ih = dG^T x and dW_hh = dG^T hprev are packed GEMMs on the
 //             same microkernel, and db sums dG's rows.
+//   projection: after the cell, a barrier, then h_t = r_t W_hr^T over panels of 4V units of P
+//             (W_hr^T packed once); backward mirrors it (dr = dh_new W_hr, dW_hr = dh_new^T r).
 //   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
 //             (batch rows) instead of units, for the whole call, and computes their full gate
 //             rows (every panel, weights packed once and shared) and the normalisations itself:
