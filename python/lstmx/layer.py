@@ -9,7 +9,9 @@ between-layer dropout in training.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -20,7 +22,11 @@ from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_args, _check_
                          _check_lengths, _check_memory, _flag, _float_array, _probability,
                          _to_numpy, _uint64, _variant, lstm, lstm_backward, lstm_train)
 
-__all__ = ["LSTM", "LayerTape", "StreamState"]
+__all__ = ["LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+"""The version of :meth:`LSTM.save`'s file layout; :func:`load` reads this version only."""
+_FORMAT_KEY, _CONFIG_KEY = "lstmx_format", "lstmx_config"
 
 State = tuple[Array, Array]
 _LN = ("ln_gain_ih", "ln_gain_hh", "ln_gain_c", "ln_bias_c")  # the layer norm's, in order
@@ -567,6 +573,34 @@ class LSTM:
             cache[k] = sp
         return sp
 
+    # ---- saving ----
+    def _config(self) -> dict[str, Any]:
+        """The constructor's arguments but ``seed``, as JSON values."""
+        cfg = {n: getattr(self, n) for n in inspect.signature(LSTM).parameters
+               if n not in ("seed", "dtype")}
+        return {**cfg, "dtype": str(self.dtype)}
+
+    def save(self, path: str | os.PathLike[str] | Any) -> None:
+        """Write the layer to an ``.npz`` file (NumPy appends ``.npz`` to a name without it;
+        ``path`` may also be a binary file object). Read it back with :func:`lstmx.load`.
+
+        Layout (one array per key, no pickles): ``lstmx_format``, an int64 scalar,
+        :data:`FORMAT_VERSION`; ``lstmx_config``, a string scalar: the constructor's arguments
+        but ``seed`` as a JSON object (``dtype`` as ``"float32"`` or ``"float64"``); and every
+        parameter under its PyTorch name (:meth:`named_parameters`), in the layer's dtype.
+        The generator of training-mask seeds is not saved.
+        """
+        np.savez(path, **{_FORMAT_KEY: np.int64(FORMAT_VERSION),
+                          _CONFIG_KEY: np.str_(json.dumps(self._config()))},
+                 **self.named_parameters())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle support: everything but :meth:`step`'s cache (rebuilt on use)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_step_cache"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         """The constructor call, with the arguments that are not the default."""
         args = inspect.signature(LSTM).parameters
@@ -575,3 +609,41 @@ class LSTM:
                         and getattr(self, n) != a.default)
         extra += ", dtype=float64" if self.dtype == np.float64 else ""
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+
+
+def load(path: str | os.PathLike[str] | Any) -> LSTM:
+    """Read a layer written by :meth:`LSTM.save` (a path or a binary file object).
+
+    Raises ``ValueError`` for a file of another format version, a bad configuration, and
+    missing, unexpected or misshapen parameters."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"path: cannot read {path!r} as an lstmx .npz file: {e}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"path: {path!r} is a single .npy array, not an lstmx .npz file")
+    with f:
+        try:
+            version = f[_FORMAT_KEY] if _FORMAT_KEY in f.files else None
+            if version is None or version.shape != () or version.dtype.kind not in "iu":
+                raise ValueError(f"path: {path!r} has no {_FORMAT_KEY} version number: not "
+                                 f"written by LSTM.save")
+            if int(version) != FORMAT_VERSION:
+                raise ValueError(f"path: {path!r} has format version {int(version)}; this "
+                                 f"lstmx reads version {FORMAT_VERSION}")
+            if _CONFIG_KEY not in f.files:
+                raise ValueError(f"path: {path!r} has no {_CONFIG_KEY}")
+            config = json.loads(str(f[_CONFIG_KEY][()]))
+            if not isinstance(config, dict):
+                raise ValueError("expected a JSON object")
+            layer = LSTM(**config)
+        except (TypeError, ValueError) as e:
+            if str(e).startswith("path:"):
+                raise
+            raise ValueError(f"path: bad {_CONFIG_KEY} in {path!r}: {e}") from None
+        params = {k: f[k] for k in f.files if k not in (_FORMAT_KEY, _CONFIG_KEY)}
+    try:
+        layer.load_state_dict(params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"path: the parameters in {path!r} do not fit {layer!r}: {e}") from None
+    return layer
