@@ -9,22 +9,52 @@ between-layer dropout in training.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _core
-from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_clip, _check_lengths,
-                         _check_memory, _flag, _float_array, _probability, _to_numpy, _uint64,
-                         lstm, lstm_backward, lstm_train)
+from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_args, _check_clip,
+                         _check_lengths, _check_memory, _flag, _float_array, _probability,
+                         _to_numpy, _uint64, _variant, lstm, lstm_backward, lstm_train)
 
-__all__ = ["LSTM", "LayerTape"]
+__all__ = ["LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+"""The version of :meth:`LSTM.save`'s file layout; :func:`load` reads this version only."""
+_FORMAT_KEY, _CONFIG_KEY = "lstmx_format", "lstmx_config"
 
 State = tuple[Array, Array]
 _LN = ("ln_gain_ih", "ln_gain_hh", "ln_gain_c", "ln_bias_c")  # the layer norm's, in order
 _EXTRAS = ("peephole_", "ln_")  # lstmx-only parameters: initialised after PyTorch's own
+
+
+class StreamState(NamedTuple):
+    """The state of :meth:`LSTM.step` between steps: ``h [L, B, R]`` and ``c [L, B, H]``
+    (``L = num_layers``, ``R = proj_size or hidden_size``), layer ``k`` at index ``k``; the
+    layout of ``lstm(x)``'s ``(h_n, c_n)``, so either can seed the other. A plain tuple
+    ``(h, c)`` of those shapes is accepted too."""
+
+    h: Array
+    c: Array
+
+
+class _StepPass(NamedTuple):
+    """One layer's cached arguments of ``_core.forward`` for :meth:`LSTM.step`: the parameter
+    arrays themselves (read at call time, so in-place updates count) and the checked
+    keywords."""
+
+    names: tuple[str, ...]  # the parameters' attribute names
+    params: tuple[Array | None, ...]  # the arrays themselves: the cache's key
+    w_ih: Array
+    w_hh: Array
+    b_ih: Array | None  # summed at every step
+    b_hh: Array | None
+    kw: dict[str, Any]
 
 
 class LayerTape:
@@ -436,6 +466,141 @@ class LSTM:
             out.update({n + sfx: a for n, a in zip(_LN, g.dlayer_norm)})
         return {n: a for n, a in out.items() if n in self._shapes and a is not None}
 
+    # ---- streaming: one step at a time ----
+    def initial_state(self, batch: int) -> StreamState:
+        """The zero state of :meth:`step` for ``batch`` sequences: ``h [L, B, R]``,
+        ``c [L, B, H]`` in the layer's dtype."""
+        B, L = _size("batch", batch, 0), self.num_layers
+        return StreamState(np.zeros((L, B, self._R), self.dtype),
+                           np.zeros((L, B, self.hidden_size), self.dtype))
+
+    def step(self, x: ArrayLike, state: StreamState | tuple[ArrayLike, ArrayLike] | None = None
+             ) -> tuple[Array, StreamState]:
+        """One time step of online inference: ``x [B, I]`` and the state from
+        :meth:`initial_state` or the previous step (``None``: zeros) give
+        ``(y [B, R], new_state)``.
+
+        Stepping ``x[0], x[1], ...`` gives the rows of ``lstm(x)``'s ``y`` and, at the end, its
+        ``(h_n, c_n)``: inference semantics (no dropout, zoneout at its expectation). Not with
+        ``bidirectional`` or ``reverse``, which need the future. The parameters are read at
+        every call: in-place updates (``load_state_dict``) and replaced arrays both count.
+        """
+        if self.bidirectional or self.reverse:
+            what = "bidirectional" if self.bidirectional else "reverse"
+            raise ValueError(f"step: not with {what}=True (a step cannot see the future); run "
+                             f"the whole sequence with lstm(x)")
+        I, L, dt = self.input_size, self.num_layers, self.dtype
+        if not (type(x) is np.ndarray and x.dtype == dt and x.ndim == 2 and x.shape[1] == I
+                and x.flags.c_contiguous and x.flags.aligned):  # else the full checks
+            x = self._step_input(x)
+        B = x.shape[0]
+        h, c = self._step_state(state, B)
+        inp = x[None]  # [1, B, I_k]
+        hs, cs = [], []
+        for k in range(L):
+            sp = self._step_pass(k)
+            bias = None
+            if sp.b_ih is not None:
+                with np.errstate(all="ignore"):  # as lstm(): inf + -inf is NaN, silently
+                    bias = sp.b_ih + sp.b_hh
+            inp, hn, cn, _ = _core.forward(inp, sp.w_ih, sp.w_hh, bias, h[k], c[k], False, False,
+                                           **sp.kw)
+            hs.append(hn)
+            cs.append(cn)
+        if L == 1:
+            return inp[0], StreamState(hs[0][None], cs[0][None])
+        return inp[0], StreamState(np.stack(hs), np.stack(cs))
+
+    def _step_input(self, x: ArrayLike) -> np.ndarray:
+        """:meth:`step`'s ``x [B, I]``, checked, C-contiguous."""
+        xa = _float_array("x", x, self.dtype, "the layer")
+        if xa.ndim != 2 or xa.shape[1] != self.input_size:
+            raise ValueError(f"x: expected one step [B, I] with I = {self.input_size}, got "
+                             f"shape {xa.shape}")
+        return np.ascontiguousarray(xa)
+
+    def _step_state(self, state: StreamState | tuple[ArrayLike, ArrayLike] | None, B: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step`'s state as C-contiguous ``h [L, B, R]``, ``c [L, B, H]``."""
+        if state is None:
+            return self.initial_state(B)
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError(f"state: expected a tuple (h, c) as from initial_state(), got "
+                            f"{type(state).__name__}")
+        h, c = state
+        L, dt = self.num_layers, self.dtype
+        for a, n in ((h, self._R), (c, self.hidden_size)):
+            if not (type(a) is np.ndarray and a.dtype == dt and a.shape == (L, B, n)
+                    and a.flags.c_contiguous and a.flags.aligned):
+                break
+        else:
+            return h, c  # the fast path: as returned by step() or initial_state()
+        return (np.ascontiguousarray(self._state("state.h", h, B, False)),
+                np.ascontiguousarray(self._state("state.c", c, B, False)))
+
+    _STEP_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "peephole") + _LN
+
+    def _step_pass(self, k: int) -> _StepPass:
+        """Layer ``k``'s arguments of ``_core.forward``, cached while its parameter arrays are
+        the same objects; rebuilt, through every check of :func:`lstmx.lstm`, when one of them
+        was replaced."""
+        cache = self.__dict__.setdefault("_step_cache", {})
+        attrs = self.__dict__
+        sp = cache.get(k)
+        if sp is not None and all(attrs.get(n) is a for n, a in zip(sp.names, sp.params)):
+            return sp
+        sfx = "_" + self._pass_name(k, 0)
+        names = tuple(n + sfx for n in self._STEP_NAMES)
+        params = tuple(attrs.get(n) for n in names)
+        p = self._pass_params(k, 0)
+        x = np.zeros((1, 1, self.input_size if k == 0 else self._R), self.dtype)
+        a = _check_args(x, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], None,
+                        None, False, False, w_hr=p["weight_hr"])
+        kw = _variant(a, False, peephole=p["peephole"], clip=self.clip,
+                      input_forget=self.input_forget, zoneout_h=self.zoneout_h,
+                      zoneout_c=self.zoneout_c, layer_norm=p["layer_norm"])
+        if a.w_hr is not None:
+            kw["w_hr"] = a.w_hr
+        # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us per call
+        kw = {n: v for n, v in kw.items() if not (isinstance(v, (bool, int, float)) and not v)}
+        b_ih, b_hh = p["bias_ih"], p["bias_hh"]
+        sp = _StepPass(names, params, a.w_ih, a.w_hh,
+                       None if b_ih is None else np.asarray(b_ih),
+                       None if b_hh is None else np.asarray(b_hh), kw)
+        # kept only if the kernels read the parameters themselves (no converted copies)
+        if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
+               for v in params):
+            cache[k] = sp
+        return sp
+
+    # ---- saving ----
+    def _config(self) -> dict[str, Any]:
+        """The constructor's arguments but ``seed``, as JSON values."""
+        cfg = {n: getattr(self, n) for n in inspect.signature(LSTM).parameters
+               if n not in ("seed", "dtype")}
+        return {**cfg, "dtype": str(self.dtype)}
+
+    def save(self, path: str | os.PathLike[str] | Any) -> None:
+        """Write the layer to an ``.npz`` file (NumPy appends ``.npz`` to a name without it;
+        ``path`` may also be a binary file object). Read it back with :func:`lstmx.load`.
+
+        Layout (one array per key, no pickles): ``lstmx_format``, an int64 scalar,
+        :data:`FORMAT_VERSION`; ``lstmx_config``, a string scalar: the constructor's arguments
+        but ``seed`` as a JSON object (``dtype`` as ``"float32"`` or ``"float64"``); and every
+        parameter under its PyTorch name (:meth:`named_parameters`), in the layer's dtype.
+        The generator of training-mask seeds is not saved.
+        """
+        np.savez(path, **{_FORMAT_KEY: np.int64(FORMAT_VERSION),
+                          _CONFIG_KEY: np.str_(json.dumps(self._config()))},
+                 **self.named_parameters())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle support: everything but :meth:`step`'s cache (rebuilt on use)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_step_cache"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         """The constructor call, with the arguments that are not the default."""
         args = inspect.signature(LSTM).parameters
@@ -444,3 +609,41 @@ class LSTM:
                         and getattr(self, n) != a.default)
         extra += ", dtype=float64" if self.dtype == np.float64 else ""
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+
+
+def load(path: str | os.PathLike[str] | Any) -> LSTM:
+    """Read a layer written by :meth:`LSTM.save` (a path or a binary file object).
+
+    Raises ``ValueError`` for a file of another format version, a bad configuration, and
+    missing, unexpected or misshapen parameters."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"path: cannot read {path!r} as an lstmx .npz file: {e}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"path: {path!r} is a single .npy array, not an lstmx .npz file")
+    with f:
+        try:
+            version = f[_FORMAT_KEY] if _FORMAT_KEY in f.files else None
+            if version is None or version.shape != () or version.dtype.kind not in "iu":
+                raise ValueError(f"path: {path!r} has no {_FORMAT_KEY} version number: not "
+                                 f"written by LSTM.save")
+            if int(version) != FORMAT_VERSION:
+                raise ValueError(f"path: {path!r} has format version {int(version)}; this "
+                                 f"lstmx reads version {FORMAT_VERSION}")
+            if _CONFIG_KEY not in f.files:
+                raise ValueError(f"path: {path!r} has no {_CONFIG_KEY}")
+            config = json.loads(str(f[_CONFIG_KEY][()]))
+            if not isinstance(config, dict):
+                raise ValueError("expected a JSON object")
+            layer = LSTM(**config)
+        except (TypeError, ValueError) as e:
+            if str(e).startswith("path:"):
+                raise
+            raise ValueError(f"path: bad {_CONFIG_KEY} in {path!r}: {e}") from None
+        params = {k: f[k] for k in f.files if k not in (_FORMAT_KEY, _CONFIG_KEY)}
+    try:
+        layer.load_state_dict(params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"path: the parameters in {path!r} do not fit {layer!r}: {e}") from None
+    return layer
