@@ -290,7 +290,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
         py::arg("training"), py::arg("naive") = false, py::kw_only(),
         py::arg("lengths") = py::none(), py::arg("reverse") = false,
-        py::arg("w_hr") = py::none(), py::arg("peephole") = py::none(), py::arg("clip") = 0.0, py::arg("input_forget") = false,
+        py::arg("w_hr") = py::none(), py::arg("peephole") = py::none(), py::arg("clip") = 0.0,
+        py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
         py::arg("layer_norm") = py::none());

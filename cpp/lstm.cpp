@@ -257,9 +257,10 @@ template <typename S>
 constexpr Index kKC = std::max<Index>(32, 32768 / (4 * kV<S> * Index(sizeof(S))));
 
 // One time step's work on one panel: for each of the B rows b, the tile row (4 vectors q) is
-// init(b, q) + A_row(b)[0, K) panel, then done(b, q0, q1, q2, q3). A_row(b) points at row b of A (unit stride in k). When B needs several
-// row blocks, K is cut into L1-sized blocks so each block of the panel comes from L2 or L3 once
-// and serves every row block; part [B, 4V] carries the partial sums in between. The blocking
+// init(b, q) + A_row(b)[0, K) panel, then done(b, q0, q1, q2, q3). A_row(b) points at row b
+// of A (unit stride in k). When B needs several row blocks, K is cut into L1-sized blocks so
+// each block of the panel comes from L2 or L3 once and serves every row block; part [B, 4V]
+// carries the partial sums in between. The blocking
 // is chosen as if there were `rows` rows (default B): callers that split rows among threads
 // pass the total, so each output's sum does not depend on the split.
 template <typename S, typename ARow, typename Init, typename Done>

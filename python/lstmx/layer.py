@@ -361,8 +361,9 @@ class LSTM:
                         None if h0 is None else h0[j], None if c0 is None else c0[j])
                 kw: dict[str, Any] = dict(
                     batch_first=self.batch_first, lengths=lens, reverse=self.reverse or d == 1,
-                    w_hr=p["weight_hr"], peephole=p["peephole"], layer_norm=p["layer_norm"], clip=self.clip, input_forget=self.input_forget,
-                    zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+                    w_hr=p["weight_hr"], peephole=p["peephole"], layer_norm=p["layer_norm"],
+                    clip=self.clip, input_forget=self.input_forget, zoneout_h=self.zoneout_h,
+                    zoneout_c=self.zoneout_c)
                 if training:
                     y, hn[j], cn[j], tape = lstm_train(
                         *args, **kw, recurrent_dropout=self.recurrent_dropout, seed=mask_seed,
