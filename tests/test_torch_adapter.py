@@ -99,6 +99,7 @@ def test_matches_torch_on_random_configurations(torch: Any, lt: Any, seed: int,
     tdt = getattr(torch, dtype)
     m, ref = same_init(torch, lt, I, H, **kw)
     m, ref = m.to(tdt), ref.to(tdt)
+    m.flatten_parameters()
     unbatched = mode == "unbatched"
     xs = (T, I) if unbatched else (B, T, I) if bf else (T, B, I)
     x = torch.randn(xs, dtype=tdt, requires_grad=True)

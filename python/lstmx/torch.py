@@ -145,6 +145,9 @@ class LSTM(nn.Module):
             setattr(m, name, _np(p))
         return m
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do (``torch.nn.LSTM``'s, for cuDNN; kept so callers of it run)."""
+
     # ---- forward ----
     def _seed(self) -> int:
         """A mask seed from torch's generator (drawn only if some mask is random)."""
