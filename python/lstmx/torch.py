@@ -37,8 +37,8 @@ class _LSTMFunction(torch.autograd.Function):
     """``(x, h0, c0, *params) -> (y, h_n, c_n)`` through lstmx's training forward and backward."""
 
     @staticmethod
-    def forward(ctx: Any, module: LSTM, lengths: np.ndarray | None, seed: int,  # type: ignore[override]
-                x: Tensor, h0: Tensor | None, c0: Tensor | None, *params: Tensor
+    def forward(ctx: Any, module: LSTM,  # type: ignore[override]
+                lengths: np.ndarray | None, seed: int, x: Tensor, h0: Tensor | None, c0: Tensor | None, *params: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
         m = module._bind(params)
         hx = None if h0 is None else (_np(h0), _np(c0))
@@ -109,7 +109,8 @@ class LSTM(nn.Module):
         k = 1.0 / math.sqrt(self.hidden_size)
         params = dict(self.named_parameters())
         with torch.no_grad():
-            for name in sorted(params, key=lambda n: n.startswith(_layer._EXTRAS)):  # PyTorch's first
+            # PyTorch's parameters first, so the extras do not change them
+            for name in sorted(params, key=lambda n: n.startswith(_layer._EXTRAS)):
                 p = params[name]
                 if name.startswith("ln_"):
                     p.fill_(0.0 if name.startswith("ln_bias") else 1.0)
