@@ -38,7 +38,8 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, module: LSTM,  # type: ignore[override]
-                lengths: np.ndarray | None, seed: int, x: Tensor, h0: Tensor | None, c0: Tensor | None, *params: Tensor
+                lengths: np.ndarray | None, seed: int, x: Tensor, h0: Tensor | None,
+                c0: Tensor | None, *params: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
         m = module._bind(params)
         hx = None if h0 is None else (_np(h0), _np(c0))
