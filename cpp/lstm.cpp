@@ -967,7 +967,8 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
 }
 
 // dhs [B, R], dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit. dpeep
-// [3, H] or nullptr. With a projection, dhn [N, R] receives dL/dh_new of every token (for dW_hr).
+// [3, H] (zero on entry: lstm_backward clears it) or nullptr. With a projection, dhn [N, R]
+// receives dL/dh_new of every token (for dW_hr).
 template <typename S>
 void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
                    Mat<S>& dG, S* dpeep, Mat<S>& dhn) {
@@ -983,7 +984,6 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   Buf<S> wh(npr * G * W), whr(nph * d.P * W);
   const Mat<S> md = dropout_mask(opt, B, R, true);
   const bool zc = opt.zoneout_c > 0;
-  if (dpeep) std::fill_n(dpeep, 3 * H, S(0));
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
   const Clamps<S> cl(opt.clip);
   const double flops = 2.0 * q.N * (G * R + d.P * H);
