@@ -73,6 +73,11 @@ def call_every_kernel() -> int:
             y, (hn, cn), tape = m.forward_train(np.ones((2, 3, 5), np.float32))
             m.backward(tape, np.ones_like(y), hn, cn)
             m(np.ones((3, 5), np.float32))
+            for kw in (dict(num_layers=2, proj_size=3, peephole=True, zoneout_h=0.1),
+                       dict(layer_norm=True)):
+                s = lstmx.LSTM(5, 7, seed=1, **kw)
+                s.step(np.ones((3, 5), np.float32), s.step(np.ones((3, 5), np.float32))[1])
+                calls += 2
             calls += 3
     # Refused calls: every check, in Python and in lstmx._core, exits through an exception.
     x = np.ones((3, 2, 4), np.float32)
@@ -91,6 +96,8 @@ def call_every_kernel() -> int:
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True,
                               lengths=np.array([3, 4])),
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True, True, clip=1.0),
+        lambda: _core.step(x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 5), np.float32),
+                           [(w_ih, w_hh[:, :4], None, None, None, None)]),
         lambda: _core.set_num_threads(0),
         lambda: _core.set_isa("none"),
         lambda: lstmx.LSTM(2**40, 2**40),

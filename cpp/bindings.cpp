@@ -241,6 +241,58 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr, dln);
 }
 
+// One step through L layers (lstmx.h, lstm_step): layers is a sequence of L tuples
+// (w_ih, w_hh, b_ih, b_hh, w_hr, peephole), None where absent. Returns y [B, R] and the new
+// state h [L, B, R], c [L, B, H].
+template <typename S>
+py::tuple step(const py::array& x, const py::array& h, const py::array& c,
+               const py::sequence& layers, double clip, bool input_forget, double zoneout_h,
+               double zoneout_c) {
+  if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array [B, I]");
+  if (h.ndim() != 3 || c.ndim() != 3) throw py::value_error("h, c: expected 3-D arrays [L, B, *]");
+  const Index L = h.shape(0);
+  if (L < 1 || Index(py::len(layers)) != L)
+    throw py::value_error("layers: expected one tuple per layer of h, got " +
+                          std::to_string(py::len(layers)) + " for " + std::to_string(L));
+  Dims d;
+  d.T = 1, d.B = x.shape(0), d.I = x.shape(1), d.H = c.shape(2);
+  const Index R = h.shape(2);
+  if (R != d.H) d.P = R;
+  if (d.P && (d.P <= 0 || d.P >= d.H)) throw py::value_error("h: expected 0 < P < H units");
+  check_sizes<S>(d);
+  std::vector<lstmx::StepLayer<S>> ls(L);
+  for (Index k = 0; k < L; ++k) {
+    const py::tuple t = layers[k].cast<py::tuple>();
+    if (t.size() != 6) throw py::value_error("layers: expected 6-tuples");
+    const Index I = k ? R : d.I;
+    auto& l = ls[k];
+    l.w_ih = in_ptr<S>(t[0], "w_ih", {4 * d.H, I});
+    l.w_hh = in_ptr<S>(t[1], "w_hh", {4 * d.H, R});
+    l.b_ih = in_ptr<S>(t[2], "b_ih", {4 * d.H});
+    l.b_hh = in_ptr<S>(t[3], "b_hh", {4 * d.H});
+    if (!l.b_ih != !l.b_hh) throw py::value_error("b_ih, b_hh: expected both or neither");
+    l.w_hr = in_ptr<S>(t[4], "w_hr", {d.P, d.H});
+    if (!d.P != !l.w_hr) throw py::value_error("w_hr: expected one exactly when h has P < H units");
+    l.peephole = in_ptr<S>(t[5], "peephole", {3, d.H});
+  }
+  const S* px = in_ptr<S>(x, "x", {d.B, d.I});
+  const S* ph = in_ptr<S>(h, "h", {L, d.B, R});
+  const S* pc = in_ptr<S>(c, "c", {L, d.B, d.H});
+  Variant v;
+  v.clip = clip, v.input_forget = input_forget, v.zoneout_h = zoneout_h, v.zoneout_c = zoneout_c;
+  std::vector<S> ln;
+  const lstmx::Options<S> opt = options<S>(v, d, ln);
+  auto y = out<S>({d.B, R});
+  auto ho = out<S>({L, d.B, R}), co = out<S>({L, d.B, d.H});
+  S *pho = ho.mutable_data(), *pco = co.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    table<S>(lstmx::backend()).step(lstmx::num_threads(), d, L, ls.data(), opt, px, ph, pc, pho, pco);
+    std::copy_n(pho + (L - 1) * d.B * R, d.B * R, y.mutable_data());
+  }
+  return py::make_tuple(y, ho, co);
+}
+
 template <typename S>
 void bind_dtype(py::module_& m, const char* cache_name) {
   py::class_<Cache<S>, std::shared_ptr<Cache<S>>>(m, cache_name,
@@ -295,6 +347,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
         py::arg("layer_norm") = py::none());
+  m.def("step", [](const py::array& x, const py::array& h, const py::array& c,
+                   const py::sequence& layers, double clip, bool input_forget, double zoneout_h,
+                   double zoneout_c) {
+    if (py::isinstance<py::array_t<float>>(x))
+      return step<float>(x, h, c, layers, clip, input_forget, zoneout_h, zoneout_c);
+    if (py::isinstance<py::array_t<double>>(x))
+      return step<double>(x, h, c, layers, clip, input_forget, zoneout_h, zoneout_c);
+    throw py::type_error("x: expected a numpy array of float32 or float64");
+  }, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("layers"), py::arg("clip") = 0.0,
+        py::arg("input_forget") = false, py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
+        "One inference step through stacked layers (lstmx.h, lstm_step): (y, h_new, c_new).");
   m.def("uniform", [](std::uint64_t seed, std::uint64_t stream, Index count) {
     if (count < 0 || count > (Index(1) << 40)) throw py::value_error("count: expected 0..2**40");
     auto u = out<double>({count});

@@ -1387,6 +1387,69 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
     });
   });
 }
+
+// ---- One step for streaming: the weights as they are, dot products, no packing -------------------
+// At small B a step reads every weight once and reuses it little, so packing W^T (which reads
+// and writes them all) would cost more than the step. Instead each output is a dot product of
+// a weight row with an input row, NR rows at a time: NR independent sums hide the FMA latency,
+// and the rows (NR * K values) stay in L1 while they serve every batch row. Each sum runs over
+// k in a fixed order (per lane, then the lanes), whatever the thread split.
+
+// out[r] = sum_k w[r][k] a[k] over K, for NR rows w[r].
+template <typename S, int NR>
+EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* a, S* out) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>;
+  P acc[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = ei::pzero(P());
+  Index k = 0;
+  for (; k + V <= K; k += V) {
+    const P av = ei::ploadu<P>(a + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[r] = ei::pmadd(ei::ploadu<P>(w[r] + k), av, acc[r]);
+  }
+  if (k < K) {
+    const P av = load(a + k, K - k);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[r] = ei::pmadd(load(w[r] + k, K - k), av, acc[r]);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) out[r] = ei::predux(acc[r]);
+}
+
+// The step's pre-activations z [B, 4, V] of units [j0, j0 + nv): x_b W_ih^T + h_b W_hh^T + b,
+// two units (8 rows) at a time while there are two.
+template <typename S>
+void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, Index j0, Index nv,
+                S* z) {
+  constexpr Index V = kV<S>;
+  const Index B = d.B, I = d.I, H = d.H, R = d.R();
+  for (Index u = 0; u < nv;) {
+    const int nu = u + 1 < nv ? 2 : 1;  // units j0 + u, j0 + u + 1
+    const S *wi[8], *wh[8];
+    for (int r = 0; r < 4 * nu; ++r) {
+      const Index row = (r % 4) * H + j0 + u + r / 4;  // gate r % 4 of unit j0 + u + r / 4
+      wi[r] = l.w_ih + row * I, wh[r] = l.w_hh + row * R;
+    }
+    for (Index b = 0; b < B; ++b) {
+      S zx[8], zh[8];
+      if (nu == 2) {
+        dot_rows<S, 8>(I, wi, x + b * I, zx), dot_rows<S, 8>(R, wh, h + b * R, zh);
+      } else {
+        dot_rows<S, 4>(I, wi, x + b * I, zx), dot_rows<S, 4>(R, wh, h + b * R, zh);
+      }
+      for (int r = 0; r < 4 * nu; ++r) {
+        const Index g = r % 4, row = g * H + j0 + u + r / 4;
+        S v = zx[r] + zh[r];
+        if (l.b_ih) v += l.b_ih[row] + l.b_hh[row];
+        z[(b * 4 + g) * V + u + r / 4] = v;
+      }
+    }
+    u += nu;
+  }
+}
+
 }  // namespace
 
 // ---- The sequence: forward and backward through time, either implementation -------------------
@@ -1453,6 +1516,88 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
   }
 }
 
+// ---- One step for streaming (see dot_rows) -----------------------------------------------------
+template <typename S>
+void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
+               const Options<S>& opt, const S* x, const S* h, const S* c, S* h_out, S* c_out) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>;
+  const Index B = d.B, H = d.H, R = d.R(), nb = ceil_div(H, V), nbr = ceil_div(d.P, V);
+  if (opt.ln || opt.lengths || opt.reverse || opt.recurrent_dropout > 0)
+    throw std::invalid_argument("lstm_step: no layer norm, lengths, reverse or dropout");
+  if (B == 0 || H == 0) return;
+  const P one = ei::pset1<P>(1);
+  const Clamps<S> clamp(opt.clip);
+  Buf<S> rs(d.P ? B * H : 0);  // [B, H] r_t, when projected
+  double flops = 0;
+  for (Index k = 0; k < L; ++k) flops += 2.0 * B * (4 * H * ((k ? R : d.I) + R) + H * d.P);
+  with_team(threads, nb, flops, [&](int tid, int nt, Errors& err) {
+    Index b0, b1, r0, r1;
+    share(nb, nt, tid, b0, b1);  // this thread's units: blocks [b0, b1) of V
+    share(nbr, nt, tid, r0, r1);  // and of P, when projected
+    Buf<S> z;
+    err.run([&] { z.resize(B * 4 * V); });  // [B, 4, V] pre-activations of one block
+    for (Index k = 0; k < L; ++k) {
+      Dims dk = d;
+      dk.I = k ? R : d.I;
+      Options<S> ok = opt;
+      ok.peephole = layers[k].peephole;
+      const S* xk = k ? h_out + (k - 1) * B * R : x;  // [B, I_k]
+      const S *hk = h + k * B * R, *ck = c + k * B * H;
+      S *ho = h_out + k * B * R, *co = c_out + k * B * H;
+      auto emit = [&](Index b, Index j0, Index nv, P hv) __attribute__((always_inline)) {
+        if (opt.zoneout_h > 0) {  // the expectation: z h_{t-1} + (1 - z) h_new
+          const P zh = ei::pset1<P>(S(opt.zoneout_h));
+          hv = ei::padd(ei::pmul(zh, load(hk + b * R + j0, nv)), ei::pmul(ei::psub(one, zh), hv));
+        }
+        store(ho + b * R + j0, hv, nv);
+      };
+      err.run([&] {
+        for (Index blk = b0; blk < b1; ++blk) {
+          const Index j0 = blk * V, nv = std::min(V, H - j0);
+          step_gates(dk, layers[k], xk, hk, j0, nv, z.data());
+          for (Index b = 0; b < B; ++b) {
+            const S* zb = z.data() + b * 4 * V;
+            const P c0 = load(ck + b * H + j0, nv);
+            const CellOut<S> cell =
+                cell_forward(ok, clamp, H, j0, nv, c0, ei::pload<P>(zb), ei::pload<P>(zb + V),
+                             ei::pload<P>(zb + 2 * V), ei::pload<P>(zb + 3 * V));
+            P cv = cell.cn;
+            if (opt.zoneout_c > 0) {
+              const P zc = ei::pset1<P>(S(opt.zoneout_c));
+              cv = ei::padd(ei::pmul(zc, c0), ei::pmul(ei::psub(one, zc), cell.cn));
+            }
+            store(co + b * H + j0, cv, nv);
+            const P r = ei::pmul(cell.o, vtanh(cell.cn));
+            if (d.P) store(rs.data() + b * H + j0, r, nv);
+            else emit(b, j0, nv, r);
+          }
+        }
+      });
+      if (d.P) {
+        barrier();  // r_t complete
+        err.run([&] {
+          for (Index blk = r0; blk < r1; ++blk) {
+            const Index j0 = blk * V, nv = std::min(V, d.P - j0);
+            for (Index b = 0; b < B; ++b) {
+              alignas(64) S hv[kV<S>] = {};
+              for (Index u = 0; u < nv; u += 4) {
+                const S* w[4];
+                for (int r = 0; r < 4; ++r) w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
+                S o4[4];
+                dot_rows<S, 4>(H, w, rs.data() + b * H, o4);
+                for (int r = 0; r < 4 && u + r < nv; ++r) hv[u + r] = o4[r];
+              }
+              emit(b, j0, nv, ei::pload<P>(hv));
+            }
+          }
+        });
+      }
+      barrier();  // layer k's h complete: the next layer's input
+    }
+  });
+}
+
 // ---- The exported table -------------------------------------------------------------------------
 namespace {
 // Test hook: the fast kernels' sigmoid and tanh, elementwise over n values.
@@ -1472,7 +1617,7 @@ KernelTable<S> table() {
   return {[](const Dims& d, const Options<S>& o) { return new Cache<S>(d, o); },
           [](Cache<S>* c) { delete c; },
           [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &lstm_backward<S>,
-          &activations<S>};
+          &lstm_step<S>, &activations<S>};
 }
 #ifndef LSTMX_ISA_NAME
 #define LSTMX_ISA_NAME "generic"

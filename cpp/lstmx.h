@@ -200,6 +200,31 @@ template <typename S>
 void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, const S* dh_n,
                    const S* dc_n, const Grads<S>& g);
 
+// ---- One step, for streaming inference ------------------------------------------------------
+
+// One layer of lstm_step: its parameters as lstm_forward takes them (bias split in two).
+template <typename S>
+struct StepLayer {
+  const S* w_ih;      // [4H, I_k]  I_0 = I, I_k = R above
+  const S* w_hh;      // [4H, R]
+  const S* b_ih;      // [4H] or nullptr (then b_hh is unused)
+  const S* b_hh;      // [4H]
+  const S* w_hr;      // [P, H] when d.P > 0
+  const S* peephole;  // [3, H] or nullptr
+};
+
+// One time step of inference through L stacked layers, for streaming at small batch sizes:
+// x [B, I]; h [L, B, R], c [L, B, H] the state; writes the new state h_out [L, B, R], c_out
+// [L, B, H] (not overlapping the inputs; y is h_out[L - 1]). Reads W_ih and W_hh as they are,
+// without packing (no per-call copy of the weights): each thread owns a slice of hidden units
+// and computes its gates as dot products; one barrier per layer (two with a projection).
+// Options: clip, input_forget, zoneout_h/c (their expectation); the peepholes
+// come per layer. Layer norm, lengths, reverse and dropout throw std::invalid_argument. The
+// results equal lstm_forward's over T = 1 up to rounding (sums run in another order).
+template <typename S>
+void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
+               const Options<S>& opt, const S* x, const S* h, const S* c, S* h_out, S* c_out);
+
 // ---- The table each ISA module exports to lstmx._core ------------------------------------------
 // Caches are created and freed inside the module that uses them (Eigen's alignment differs
 // between ISA builds).
@@ -211,11 +236,13 @@ struct KernelTable {
   void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
                   const S*, const S*, const S*, S*, S*, S*, Cache<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, const Grads<S>&);
+  void (*step)(int, const Dims&, Index, const StepLayer<S>*, const Options<S>&, const S*,
+               const S*, const S*, S*, S*);
   // Test hook: the fast kernels' vectorised sigmoid and tanh of x [n] into sig, th [n].
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 4;
+constexpr int kBackendAbi = 5;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

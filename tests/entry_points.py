@@ -110,6 +110,15 @@ def _layer_x(dt: np.dtype[Any], seed: int | None = None) -> dict[str, Any]:
                 **({} if seed is None else dict(seed=seed)))
 
 
+def _layer_step(dt: np.dtype[Any]) -> dict[str, Any]:
+    """LSTM.step with a projection (P = 3), peepholes, clip and zoneout, from a given state."""
+    c = case(dt)
+    m = lstmx.LSTM(I, H, num_layers=2, proj_size=3, peephole=True, clip=3.0, zoneout_h=0.1,
+                   dtype=dt, seed=3)
+    return dict(self=m, x=c["x"][0], state=(np.stack([c["h0"][:, :3]] * 2),
+                                            np.stack([c["c0"]] * 2)))
+
+
 def _layer_backward(dt: np.dtype[Any]) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     m = _layer(dt)
@@ -217,6 +226,8 @@ ENTRIES = [
           dict(tape="object", dy="array", dh_n="array", dc_n="array"),
           frozenset({"dy", "dh_n", "dc_n"}),
           bad=dict(tape=[_other_layer_tape(True), _other_layer_tape(False)])),
+    Entry("LSTM.step", lambda self, **k: self.step(**k), _layer_step,
+          dict(x="array", state="object"), frozenset({"state"})),
     Entry("LSTM.load_state_dict",
           lambda self, **k: (self.load_state_dict(**k), self.state_dict())[1],
           lambda dt: dict(self=_layer(dt), state=_layer(np.dtype(np.float32), seed=4)

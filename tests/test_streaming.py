@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import lstmx
+from lstmx import _core
 
 VARIANTS: list[dict[str, Any]] = [
     {},
@@ -43,6 +45,71 @@ def test_step_equals_sequence(kw: dict[str, Any], dtype: Any) -> None:
     np.testing.assert_allclose(ys, y, rtol=0, atol=tol)
     np.testing.assert_allclose(state.h, h_n, rtol=0, atol=tol)
     np.testing.assert_allclose(state.c, c_n, rtol=0, atol=tol)
+
+
+# The step kernel (lstmx.h, lstm_step): sizes with vector tails (I = 37, H = 70, P = 33) and
+# more blocks of units than threads; layer norm takes the sequence kernels.
+KERNEL_VARIANTS: list[dict[str, Any]] = [
+    {},
+    dict(num_layers=3, bias=False, forget_bias=None),
+    dict(num_layers=2, proj_size=33, peephole=True, clip=0.5),
+    dict(input_forget=True, zoneout_h=0.3, zoneout_c=0.6),
+    dict(layer_norm=True, proj_size=9),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", KERNEL_VARIANTS)
+def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any) -> None:
+    m = lstmx.LSTM(37, 70, dtype=dtype, seed=3, **kw)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 5, 37)).astype(dtype)
+    h0, c0 = (rng.standard_normal(a.shape).astype(dtype) for a in m.initial_state(5))
+    y, (h_n, c_n) = m(x, (h0, c0))
+    ys, state = _stepped(m, x, (h0, c0))
+    for got, want, what in ((ys, y, "y"), (state.h, h_n, "h_n"), (state.c, c_n, "c_n")):
+        assert_close(got, want, dtype, f"{what} at {isa}")
+
+
+def test_step_same_for_any_thread_count(isa: str) -> None:
+    """Each unit's sums run in a fixed order, however the units are split among threads."""
+    m = lstmx.LSTM(50, 130, num_layers=2, proj_size=40, peephole=True, seed=0)
+    x = np.random.default_rng(5).standard_normal((3, 50)).astype(np.float32)
+    old = lstmx.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            lstmx.set_num_threads(n)
+            y, state = m.step(x)
+            runs.append((y, *state, *m.step(x, state)[1]))
+    finally:
+        lstmx.set_num_threads(old)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_core_step_checks_its_arguments() -> None:
+    """A direct call of the private kernel cannot crash the process either."""
+    m = lstmx.LSTM(3, 4, num_layers=2, proj_size=2, seed=0)
+    layers = [m._step_pass(k).layer for k in range(2)]
+    x = np.zeros((1, 3), np.float32)
+    h, c = m.initial_state(1)
+    _core.step(x, h, c, layers)
+    with pytest.raises(ValueError, match="layers: expected one tuple per layer"):
+        _core.step(x, h, c, layers[:1])
+    with pytest.raises(ValueError, match="w_hr: expected one exactly"):
+        _core.step(x, h, c, [lay[:4] + (None,) + lay[5:] for lay in layers])
+    with pytest.raises(ValueError, match=r"w_ih: expected shape \(16, 3\)"):
+        _core.step(x, h, c, [layers[1], layers[1]])
+    with pytest.raises(ValueError, match=r"c: expected shape \(2, 1, 4\)"):
+        _core.step(x, h, c[:1], layers)
+    with pytest.raises(ValueError, match="x: expected a 2-D"):
+        _core.step(x[None], h, c, layers)
+    with pytest.raises(TypeError, match="b_ih: expected a numpy array of float32"):
+        _core.step(x, h, c, [lay[:2] + (lay[2].astype(np.float64),) + lay[3:] for lay in layers])
+    with pytest.raises(ValueError, match="zoneout_h: expected a probability"):
+        _core.step(x, h, c, layers, zoneout_h=1.5)
 
 
 def test_state_none_and_handover() -> None:
@@ -83,7 +150,7 @@ def test_parameters_read_at_call_time() -> None:
     m.weight_hh_l1 = np.asfortranarray(m.weight_hh_l1 * 2)  # replaced, and not C-contiguous
     other.weight_hh_l1 *= 2
     np.testing.assert_array_equal(m.step(x)[0], other.step(x)[0])
-    np.testing.assert_array_equal(m.step(x)[0], m(x[None])[0][0])
+    np.testing.assert_allclose(m.step(x)[0], m(x[None])[0][0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw, what", [(dict(bidirectional=True), "bidirectional"),

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
-from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_args, _check_clip,
-                         _check_lengths, _check_memory, _flag, _float_array, _probability,
-                         _to_numpy, _uint64, _variant, lstm, lstm_backward, lstm_train)
+from .functional import (Array, ArrayLike, LSTMGrads, Tape, _c_array, _check_args,
+                         _check_clip, _check_lengths, _check_memory, _flag, _float_array,
+                         _probability, _to_numpy, _uint64, _variant, lstm, lstm_backward,
+                         lstm_train)
 
 __all__ = ["LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
 
@@ -44,17 +45,13 @@ class StreamState(NamedTuple):
 
 
 class _StepPass(NamedTuple):
-    """One layer's cached arguments of ``_core.forward`` for :meth:`LSTM.step`: the parameter
-    arrays themselves (read at call time, so in-place updates count) and the checked
-    keywords."""
+    """One layer's checked arguments for :meth:`LSTM.step`, with the parameter arrays they came
+    from (the cache's key: they are read at call time, so in-place updates count)."""
 
     names: tuple[str, ...]  # the parameters' attribute names
-    params: tuple[Array | None, ...]  # the arrays themselves: the cache's key
-    w_ih: Array
-    w_hh: Array
-    b_ih: Array | None  # summed at every step
-    b_hh: Array | None
-    kw: dict[str, Any]
+    params: tuple[Array | None, ...]  # the arrays themselves
+    layer: tuple[Array | None, ...]  # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole)
+    kw: dict[str, Any]  # _core.forward's keywords (the layer-norm path)
 
 
 class LayerTape:
@@ -496,20 +493,23 @@ class LSTM:
             x = self._step_input(x)
         B = x.shape[0]
         h, c = self._step_state(state, B)
-        inp = x[None]  # [1, B, I_k]
+        passes = [self._step_pass(k) for k in range(L)]
+        if not self.layer_norm:  # one call through every layer: lstmx.h, lstm_step
+            y, hn, cn = _core.step(x, h, c, [sp.layer for sp in passes], self.clip or 0.0,
+                                   self.input_forget, self.zoneout_h, self.zoneout_c)
+            return y, StreamState(hn, cn)
+        inp = x[None]  # [1, B, I_k]; layer norm: a sequence of one step per layer
         hs, cs = [], []
-        for k in range(L):
-            sp = self._step_pass(k)
+        for k, sp in enumerate(passes):
+            w_ih, w_hh, b_ih, b_hh = sp.layer[:4]
             bias = None
-            if sp.b_ih is not None:
+            if b_ih is not None:
                 with np.errstate(all="ignore"):  # as lstm(): inf + -inf is NaN, silently
-                    bias = sp.b_ih + sp.b_hh
-            inp, hn, cn, _ = _core.forward(inp, sp.w_ih, sp.w_hh, bias, h[k], c[k], False, False,
+                    bias = b_ih + b_hh
+            inp, hn, cn, _ = _core.forward(inp, w_ih, w_hh, bias, h[k], c[k], False, False,
                                            **sp.kw)
             hs.append(hn)
             cs.append(cn)
-        if L == 1:
-            return inp[0], StreamState(hs[0][None], cs[0][None])
         return inp[0], StreamState(np.stack(hs), np.stack(cs))
 
     def _step_input(self, x: ArrayLike) -> np.ndarray:
@@ -518,7 +518,10 @@ class LSTM:
         if xa.ndim != 2 or xa.shape[1] != self.input_size:
             raise ValueError(f"x: expected one step [B, I] with I = {self.input_size}, got "
                              f"shape {xa.shape}")
-        return np.ascontiguousarray(xa)
+        B, L = xa.shape[0], self.num_layers
+        _check_memory("x", B * (xa.shape[1] + 3 * L * (self._R + self.hidden_size))
+                      * self.dtype.itemsize, f"a step of B = {B} sequences")
+        return _c_array(xa)
 
     def _step_state(self, state: StreamState | tuple[ArrayLike, ArrayLike] | None, B: int
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -536,15 +539,15 @@ class LSTM:
                 break
         else:
             return h, c  # the fast path: as returned by step() or initial_state()
-        return (np.ascontiguousarray(self._state("state.h", h, B, False)),
-                np.ascontiguousarray(self._state("state.c", c, B, False)))
+        return (_c_array(self._state("state.h", h, B, False)),
+                _c_array(self._state("state.c", c, B, False)))
 
     _STEP_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "peephole") + _LN
 
     def _step_pass(self, k: int) -> _StepPass:
-        """Layer ``k``'s arguments of ``_core.forward``, cached while its parameter arrays are
-        the same objects; rebuilt, through every check of :func:`lstmx.lstm`, when one of them
-        was replaced."""
+        """Layer ``k``'s arguments of ``_core.step`` (and ``_core.forward``), cached while its
+        parameter arrays are the same objects; rebuilt, through every check of
+        :func:`lstmx.lstm`, when one of them was replaced."""
         cache = self.__dict__.setdefault("_step_cache", {})
         attrs = self.__dict__
         sp = cache.get(k)
@@ -564,10 +567,10 @@ class LSTM:
             kw["w_hr"] = a.w_hr
         # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us per call
         kw = {n: v for n, v in kw.items() if not (isinstance(v, (bool, int, float)) and not v)}
-        b_ih, b_hh = p["bias_ih"], p["bias_hh"]
-        sp = _StepPass(names, params, a.w_ih, a.w_hh,
-                       None if b_ih is None else np.asarray(b_ih),
-                       None if b_hh is None else np.asarray(b_hh), kw)
+        b_ih, b_hh = (None if b is None else _c_array(np.asarray(b))
+                      for b in (p["bias_ih"], p["bias_hh"]))
+        sp = _StepPass(names, params, (a.w_ih, a.w_hh, b_ih, b_hh, kw.get("w_hr"),
+                                       kw.get("peephole")), kw)
         # kept only if the kernels read the parameters themselves (no converted copies)
         if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
                for v in params):
