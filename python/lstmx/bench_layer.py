@@ -11,6 +11,9 @@ modes ``infer`` and ``train`` (forward and backward), the same inputs for every 
   weights.
 * ``layernorm``: lstmx's LayerNorm-LSTM against the same cell written with torch ops, one
   ``LayerNorm`` cell a step (the way users write it today, as no library ships it).
+* ``stream``: one step of online inference from Python at B = 1, I = H = 256 (whatever the
+  config): ``lstmx.LSTM.step`` against ``torch.nn.LSTM`` called on one step, each carrying its
+  state from call to call.
 
 Each peer is first checked to compute what lstmx computes (a mismatch is reported).
 """
@@ -36,7 +39,9 @@ MODES = ("infer", "train")
 LAYER_TARGETS = (
     "varlen: throughput per useful token >= 0.9x equal lengths",
     "varlen: >= 1.5x torch on a PackedSequence",
+    "stream: one step at B=1, I=H=256 takes <= 10 us",
 )
+STREAM = 256  # I = H of the stream row
 
 
 @dataclass
@@ -237,12 +242,43 @@ def _layernorm(env: Env, cfg: BenchConfig
                       mismatch=mismatch), fns[md]) for md in MODES]
 
 
-_BUILDERS = (_varlen, _bidir2, _layernorm)
+def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callable[[], object]]]]:
+    m = lstmx.LSTM(STREAM, STREAM, seed=0)
+    x = np.random.default_rng(3).standard_normal((1, STREAM)).astype(np.float32)
+    state = m.initial_state(1)
+
+    def step() -> object:
+        nonlocal state
+        y, state = m.step(x, state)
+        return y
+
+    fns: dict[str, Callable[[], object]] = {"lstmx": step}
+    mismatch = None
+    if env.torch is not None:
+        torch = env.torch
+        mod = torch.nn.LSTM(STREAM, STREAM)
+        mod.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+        xt, hx = torch.from_numpy(x[None]), None
+
+        def t_step() -> Any:
+            nonlocal hx
+            with torch.inference_mode():
+                y, hx = mod(xt, hx)
+            return y
+
+        fns["torch"] = t_step
+        with torch.inference_mode():
+            mismatch = _rel(mod(xt)[0].numpy()[0], m.step(x)[0])
+    return [(LayerRow("stream", "infer", _fwd_flops(1, 1, STREAM, STREAM), mismatch=mismatch),
+             fns)]
+
+
+_BUILDERS = (_varlen, _bidir2, _layernorm, _stream)
 
 
 def layer_steps(env: Env) -> int:
     """Progress steps of :func:`run_layer` (at most)."""
-    return len(_BUILDERS) * len(MODES) * (3 if env.torch is not None else 2)
+    return (len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2) + 2
 
 
 def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
@@ -268,6 +304,10 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
         if r.per_token() is not None:
             notes.append(f"per useful token {r.per_token():.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
+        if r.name == "stream":
+            notes.append(f"B=1 I=H={STREAM}: {r.ms('lstmx') * 1e3:.1f} us a step"
+                         + ("" if r.ms(r.peer) is None else
+                            f" (torch {r.ms(r.peer) * 1e3:.1f} us)"))
         if r.mismatch is not None and not r.mismatch <= 1e-3:
             notes.append(f"WARNING: the peer's output differs by {r.mismatch:.2g}")
         sp = r.speedup()
@@ -281,7 +321,7 @@ def layer_targets(rows: Sequence[LayerRow]) -> list[Target]:
     """:data:`LAYER_TARGETS` with the numbers measured (the worse of the two modes)."""
     var = [r for r in rows if r.name == "varlen"]
     out = []
-    for text, get, bound in zip(LAYER_TARGETS, (LayerRow.per_token, LayerRow.speedup),
+    for text, get, bound in zip(LAYER_TARGETS[:2], (LayerRow.per_token, LayerRow.speedup),
                                 (0.9, 1.5)):
         vals = [(v, r.mode) for r in var if (v := get(r)) is not None]
         if not vals:
@@ -290,4 +330,13 @@ def layer_targets(rows: Sequence[LayerRow]) -> list[Target]:
         v, mode = min(vals)
         out.append(Target(text, f"min {v:.2f}x ({mode}; "
                                 + ", ".join(f"{m} {x:.2f}x" for x, m in vals) + ")", v >= bound))
+    st = next((r for r in rows if r.name == "stream"), None)
+    us = None if st is None else st.ms("lstmx")
+    if st is None or us is None:
+        out.append(Target(LAYER_TARGETS[2], "not measured", None))
+    else:
+        sp = st.speedup()
+        out.append(Target(LAYER_TARGETS[2], f"{us * 1e3:.1f} us"
+                          + ("" if sp is None else f" ({sp:.1f}x faster than torch)"),
+                          us * 1e3 <= 10))
     return out
