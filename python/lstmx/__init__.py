@@ -2,7 +2,8 @@
 
 C++/Eigen kernels, parallel with OpenMP, behind a thin NumPy API. Gate order i, f, g, o and
 parameter layout as in ``torch.nn.LSTM``. See :mod:`lstmx.functional` for the shapes.
-``lstmx.torch.LSTM`` (``import lstmx.torch``, needs torch) is a drop-in for ``torch.nn.LSTM``.
+``lstmx.torch.LSTM`` (``import lstmx.torch``, needs torch) is a drop-in for ``torch.nn.LSTM``;
+``lstmx.jax.lstm`` (``import lstmx.jax``, needs jax) is differentiable under ``jax.jit``/``grad``.
 """
 
 from __future__ import annotations

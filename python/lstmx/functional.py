@@ -149,12 +149,18 @@ def _float_array(name: str, a: ArrayLike, dtype: np.dtype[Any] | None = None,
     arr = _to_numpy(name, a)
     if dtype is not None and not hasattr(a, "dtype") and arr.dtype.kind in "iuf":
         arr = arr.astype(dtype)
-    if arr.dtype not in _FLOATS:
-        raise TypeError(f"{name}: expected float32 or float64 data, got dtype {arr.dtype}")
-    if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name}: dtype {arr.dtype} does not match {source}'s dtype {dtype}; "
-                        f"cast it with .astype(np.{dtype})")
+    _check_dtype(name, arr.dtype, dtype, source)
     return arr
+
+
+def _check_dtype(name: str, got: np.dtype[Any], dtype: np.dtype[Any] | None, source: str = "x",
+                 module: str = "np") -> None:
+    """``got`` must be float32 or float64, and ``dtype`` (the call's, set by ``source``)."""
+    if got not in _FLOATS:
+        raise TypeError(f"{name}: expected float32 or float64 data, got dtype {got}")
+    if dtype is not None and got != dtype:
+        raise TypeError(f"{name}: dtype {got} does not match {source}'s dtype {dtype}; "
+                        f"cast it with .astype({module}.{dtype})")
 
 
 def _call_dtype(*named: tuple[str, ArrayLike]) -> tuple[np.dtype[Any], str]:
