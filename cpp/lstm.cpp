@@ -765,6 +765,24 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, co
   });
 }
 
+// The input projection's chunks: runs of consecutive steps with about kMC tokens (at least one
+// step), so that with lengths a chunk keeps its size as the active batch shrinks.
+struct Chunks {
+  std::vector<Index> first;  // [T] the first step of each step's chunk
+  std::vector<Index> end;    // [T] at a chunk's first step: one past its last step
+  Index rows = 0;            // the most tokens in a chunk
+  explicit Chunks(const Seq& q) : first(q.T), end(q.T) {
+    for (Index s = 0; s < q.T;) {
+      Index e = s + 1;
+      while (e < q.T && q.off[e + 1] - q.off[s] <= std::max(kMC, q.n[s])) ++e;
+      std::fill(first.begin() + s, first.begin() + e, s);
+      end[s] = e;
+      rows = std::max(rows, q.off[e] - q.off[s]);
+      s = e;
+    }
+  }
+};
+
 // ---- Naive reference: Eigen GEMMs, scalar cell loops, one thread ------------------------------
 // The plain cell only (any lengths and direction).
 template <typename S>
@@ -846,24 +864,24 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   constexpr Index V = kV<S>, W = 4 * V;
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
   const Index np = panel_count<S>(Panels::Gates, G);  // panels: V units, 4 gates each
-  // The input projection is computed Tc steps at a time (at most kMC tokens), just before
+  // The input projection is computed a chunk of steps at a time (about kMC tokens), just before
   // those steps, by the thread that owns the units: it stays in L2, and inference needs no
   // [N, 4H] buffer. Training writes it into the cache's gates, where the step puts the
   // activations.
-  const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
+  const Chunks ch(q);
   const Index R = d.R(), npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
   const bool proj = d.P > 0;
-  // Buffers, sized once: packed weights, the projection of Tc steps and r_t (inference only).
+  // Buffers, sized once: packed weights, the projection of a chunk and r_t (inference only).
   Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
-  Buf<S> scratch(cache ? 0 : Tc * B * G), rs(cache || !proj ? 0 : B * H);
-  S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [Tc*B, 4H]
+  Buf<S> scratch(cache ? 0 : ch.rows * G), rs(cache || !proj ? 0 : B * H);
+  S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [rows, 4H]
   const bool training = cache != nullptr;
   const bool zc = opt.zoneout_c > 0;
   const P one = ei::pset1<P>(1);
   const Clamps<S> clamp(opt.clip);
   with_team(threads, np, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
-    err.run([&] { part.resize(Tc * B * W); });
+    err.run([&] { part.resize(std::max(ch.rows, B) * W); });
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
@@ -873,13 +891,13 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
       if (proj) pack<S>(Panels::Plain, pr0, pr1, H, d.P, opt.w_hr, 1, H, whr.data());  // W_hr^T
     });
     for (Index s = 0; s < T; ++s) {
-      const Index s0 = s - s % Tc;  // first step of the projection chunk
+      const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
         return training ? p : p - q.off[s0];
       };
-      if (s == s0)  // x W_ih^T + b for the tokens of steps [s, s + Tc), this thread's units
+      if (s == s0)  // x W_ih^T + b for the tokens of the chunk's steps, this thread's units
         err.run([&] {
-          const Index pa = q.off[s], nr = q.off[std::min(T, s + Tc)] - pa;
+          const Index pa = q.off[s], nr = q.off[ch.end[s]] - pa;
           for (Index p = p0; p < p1; ++p) {
             const Index j0 = p * V, nv = std::min(V, H - j0);
             panel_rows<S>(

@@ -100,8 +100,8 @@ def test_config_specs() -> None:
 
 
 def test_layer_rows(torch: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--layer: the variable-length, 2-layer bidirectional and LayerNorm rows against their
-    peers, each peer computing what lstmx computes, and the layer targets."""
+    """--layer: the variable-length, 2-layer bidirectional, LayerNorm and streaming rows
+    against their peers, each peer computing what lstmx computes, and the layer targets."""
     rc = bench.main(["--configs", TINY, "--target-config", TINY, "--layer", "--no-targets",
                      "--threads", "1", "--repeats", "2", "--quiet", "--no-plot", "--out",
                      str(tmp_path)])
@@ -111,11 +111,12 @@ def test_layer_rows(torch: Any, tmp_path: Path, capsys: pytest.CaptureFixture[st
     doc = json.loads((tmp_path / bench.JSON_NAME).read_text(encoding="utf-8"))
     rows = {(r["name"], r["mode"]): r for r in doc["layer"]}
     assert set(rows) == {(n, m) for n in ("varlen", "bidir2", "layernorm")
-                         for m in ("infer", "train")}
+                         for m in ("infer", "train")} | {("stream", "infer")}
     for r in rows.values():
         peers = {"varlen": {"lstmx", "lstmx equal", "torch"}, "bidir2": {"lstmx", "torch"},
-                 "layernorm": {"lstmx", "torch ops"}}[r["name"]]
+                 "layernorm": {"lstmx", "torch ops"}, "stream": {"lstmx", "torch"}}[r["name"]]
         assert set(r["timings"]) == peers and r["speedup"] > 0
         assert 0 <= r["mismatch"] < 1e-3, r
     assert all(rows[("varlen", m)]["per_token"] > 0 for m in ("infer", "train"))
-    assert [t["met"] is not None for t in doc["targets"]] == [True, True]
+    assert [t["met"] is not None for t in doc["targets"]] == [True, True, True]
+    assert "us a step (torch" in out
