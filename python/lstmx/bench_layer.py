@@ -52,6 +52,7 @@ class LayerRow:
     tokens: tuple[int, int] | None = None  # varlen: useful tokens, and T*B
 
     def ms(self, impl: str) -> float | None:
+        """``impl``'s median time in milliseconds (``None``: not timed)."""
         t = self.timings.get(impl)
         return None if t is None else t.median * 1e3
 
@@ -68,6 +69,7 @@ class LayerRow:
         return (self.tokens[0] / a) / (self.tokens[1] / b)
 
     def to_json(self) -> dict[str, Any]:
+        """The row, its derived ratios and its timings' summaries, as JSON values."""
         return {"name": self.name, "mode": self.mode, "flops": self.flops, "peer": self.peer,
                 "mismatch": self.mismatch, "tokens": self.tokens,
                 "speedup": self.speedup(), "per_token": self.per_token(),
@@ -173,7 +175,7 @@ def torch_layernorm_lstm(torch: Any, I: int, H: int) -> Any:  # noqa: E741
     """A LayerNorm-LSTM written with torch ops, one cell a step, with lstmx's semantics:
     ``z = LN(x W_ih^T) + LN(h W_hh^T) + b``, ``h = o * tanh(LN(c))``."""
 
-    class LayerNormLSTM(torch.nn.Module):  # type: ignore[misc, name-defined]
+    class LayerNormLSTM(torch.nn.Module):  # type: ignore[misc]  # torch: Any
         def __init__(self) -> None:
             super().__init__()
             self.ih = torch.nn.Linear(I, 4 * H, bias=False)
@@ -265,8 +267,9 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
            f"{'vs peer':>8}  notes"]
     for r in rows:
         notes = []
-        if r.per_token() is not None:
-            notes.append(f"per useful token {r.per_token():.2f}x equal lengths "
+        pt = r.per_token()
+        if pt is not None and r.tokens is not None:
+            notes.append(f"per useful token {pt:.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
         if r.mismatch is not None and not r.mismatch <= 1e-3:
             notes.append(f"WARNING: the peer's output differs by {r.mismatch:.2g}")

@@ -102,7 +102,8 @@ class Tape:
 
     def __init__(self, cache: Any, has_bias: bool, cell: bool, dtype: np.dtype[Any]) -> None:
         kinds = {np.dtype(np.float32): _core.Cache_f32, np.dtype(np.float64): _core.Cache_f64}
-        if not (isinstance(dtype, np.dtype) and isinstance(cache, kinds.get(dtype, ()))):
+        kind = kinds.get(dtype) if isinstance(dtype, np.dtype) else None
+        if kind is None or not isinstance(cache, kind):
             raise TypeError(f"cache, dtype: expected the workspace of a training forward pass "
                             f"and its dtype (tapes are made by lstmx), got "
                             f"{type(cache).__name__} and {dtype!r}")
@@ -215,7 +216,7 @@ def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
     """Shape checks of ``w_hh [4H, H]`` and ``w_ih [4H, I]``; returns H."""
     if whh.ndim != 2 or whh.shape[0] != 4 * whh.shape[1]:
         raise ValueError(f"w_hh: expected shape [4H, H], got {whh.shape}")
-    H = whh.shape[1]
+    H = int(whh.shape[1])
     _expect_shape("w_ih", wih, (4 * H, I), "[4H, I]")
     return H
 
@@ -262,9 +263,9 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
     for nm, a, shape, desc in (("b_ih", b_ih, (4 * H,), "[4H]"), ("b_hh", b_hh, (4 * H,), "[4H]"),
                                (hn, h0, (B, R), "[B, H]" if whr is None else "[B, P]"),
                                (cn, c0, (B, H), "[B, H]")):
-        opt[nm] = None if a is None else _float_array(nm, a, dt, src)
-        if opt[nm] is not None:
-            _expect_shape(nm, opt[nm], shape, desc)  # type: ignore[arg-type]
+        opt[nm] = arr = None if a is None else _float_array(nm, a, dt, src)
+        if arr is not None:
+            _expect_shape(nm, arr, shape, desc)
     # Before any copy: per row of x, its copy, y and the input projection, and in training the
     # cache (x, gates, h, c) and backward's scratch; the weights, copied, and the cache's copy.
     rows, k = T * B, 2 if training else 1
@@ -275,9 +276,10 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
     if len(bias) == 2:
         with np.errstate(all="ignore"):  # inf + -inf is NaN, silently: NaN propagates
             bias = [bias[0] + bias[1]]
+    ha, ca = opt[hn], opt[cn]
     return _Args(_c_array(xa), _c_array(wih), _c_array(whh), _c_array(bias[0]) if bias else None,
-                 None if opt[hn] is None else _c_array(opt[hn]),
-                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias), batch_first,
+                 None if ha is None else _c_array(ha),
+                 None if ca is None else _c_array(ca), bool(bias), batch_first,
                  None if whr is None else _c_array(whr))
 
 
@@ -358,7 +360,7 @@ def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[np.nd
                         f"{type(layer_norm).__name__}"
                         + (f" of length {len(layer_norm)}" if isinstance(layer_norm, (tuple, list))
                            else ""))
-    out = []
+    out: list[np.ndarray] = []
     for a, (nm, k, desc) in zip(layer_norm, _LN_PARTS):
         name = f"layer_norm[{len(out)}] ({nm})"
         arr = _float_array(name, a, dt, "x")

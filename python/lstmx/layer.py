@@ -52,8 +52,7 @@ class _StepPass(NamedTuple):
     params: tuple[Array | None, ...]  # the arrays themselves: the cache's key
     w_ih: Array
     w_hh: Array
-    b_ih: Array | None  # summed at every step
-    b_hh: Array | None
+    biases: tuple[Array, Array] | None  # (b_ih, b_hh), summed at every step
     kw: dict[str, Any]
 
 
@@ -501,9 +500,9 @@ class LSTM:
         for k in range(L):
             sp = self._step_pass(k)
             bias = None
-            if sp.b_ih is not None:
+            if sp.biases is not None:
                 with np.errstate(all="ignore"):  # as lstm(): inf + -inf is NaN, silently
-                    bias = sp.b_ih + sp.b_hh
+                    bias = sp.biases[0] + sp.biases[1]
             inp, hn, cn, _ = _core.forward(inp, sp.w_ih, sp.w_hh, bias, h[k], c[k], False, False,
                                            **sp.kw)
             hs.append(hn)
@@ -545,7 +544,7 @@ class LSTM:
         """Layer ``k``'s arguments of ``_core.forward``, cached while its parameter arrays are
         the same objects; rebuilt, through every check of :func:`lstmx.lstm`, when one of them
         was replaced."""
-        cache = self.__dict__.setdefault("_step_cache", {})
+        cache: dict[int, _StepPass] = self.__dict__.setdefault("_step_cache", {})
         attrs = self.__dict__
         sp = cache.get(k)
         if sp is not None and all(attrs.get(n) is a for n, a in zip(sp.names, sp.params)):
@@ -565,9 +564,8 @@ class LSTM:
         # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us per call
         kw = {n: v for n, v in kw.items() if not (isinstance(v, (bool, int, float)) and not v)}
         b_ih, b_hh = p["bias_ih"], p["bias_hh"]
-        sp = _StepPass(names, params, a.w_ih, a.w_hh,
-                       None if b_ih is None else np.asarray(b_ih),
-                       None if b_hh is None else np.asarray(b_hh), kw)
+        biases = None if b_ih is None or b_hh is None else (np.asarray(b_ih), np.asarray(b_hh))
+        sp = _StepPass(names, params, a.w_ih, a.w_hh, biases, kw)
         # kept only if the kernels read the parameters themselves (no converted copies)
         if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
                for v in params):
@@ -591,9 +589,10 @@ class LSTM:
         parameter under its PyTorch name (:meth:`named_parameters`), in the layer's dtype.
         The generator of training-mask seeds is not saved.
         """
-        np.savez(path, **{_FORMAT_KEY: np.int64(FORMAT_VERSION),
-                          _CONFIG_KEY: np.str_(json.dumps(self._config()))},
-                 **self.named_parameters())
+        arrays: dict[str, Any] = {_FORMAT_KEY: np.int64(FORMAT_VERSION),
+                                  _CONFIG_KEY: np.str_(json.dumps(self._config())),
+                                  **self.named_parameters()}
+        np.savez(path, **arrays)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle support: everything but :meth:`step`'s cache (rebuilt on use)."""

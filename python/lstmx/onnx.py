@@ -54,7 +54,8 @@ _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 
 
 def _sigmoid(x: Array) -> Array:
-    return 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow for large |x|
+    s: Array = 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow for large |x|
+    return s
 
 
 # name (lower case) -> (function of x, alpha, beta; alpha's default; beta's default). A default

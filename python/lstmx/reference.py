@@ -46,7 +46,8 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     z = _float_array("z", z)
     _check_memory("z", 4 * z.nbytes, f"the sigmoid of {z.size} numbers")
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    s: np.ndarray = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return s
 
 
 # ---- random masks: the counter-based hash --------------------------------------------------
@@ -175,7 +176,8 @@ def _normalize(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _normalize_backward(dn: np.ndarray, n: np.ndarray, inv: np.ndarray) -> np.ndarray:
     """Gradient through :func:`_normalize`, given that of its output ``n``."""
-    return inv * (dn - dn.mean(-1, keepdims=True) - n * (dn * n).mean(-1, keepdims=True))
+    dv: np.ndarray = inv * (dn - dn.mean(-1, keepdims=True) - n * (dn * n).mean(-1, keepdims=True))
+    return dv
 
 
 def _clip_pass(z: np.ndarray, clip: float | None) -> np.ndarray | float:
@@ -192,7 +194,8 @@ def lstm_forward(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
                  layer_norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
                  zoneout_h: float = 0.0, zoneout_c: float = 0.0, recurrent_dropout: float = 0.0,
                  training: bool = False, seed: int = 0,
-                 stream_base: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                 stream_base: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """One pass (one layer, one direction) with every variant of ``notes/variants.md``.
 
     Returns ``(y, h_n, c_n, cache)``: ``y [T, B, R]`` (``[B, T, R]`` if ``batch_first``; 0 at
@@ -300,7 +303,7 @@ def _check_cache(cache: Any, keys: set[str], source: str) -> None:
                         f"{type(cache).__name__}")
 
 
-def lstm_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = None,
+def lstm_backward(cache: dict[str, Any], dy: np.ndarray | None, dh_n: np.ndarray | None = None,
                   dc_n: np.ndarray | None = None) -> dict[str, Any]:
     """Backpropagation through time, one step at a time with per-step outer products.
 
@@ -458,7 +461,7 @@ def lstm_stack_forward(x: np.ndarray, params: Mapping[str, np.ndarray], *, num_l
                        clip: float | None = None, input_forget: bool = False,
                        zoneout_h: float = 0.0, zoneout_c: float = 0.0,
                        recurrent_dropout: float = 0.0) -> tuple[
-                           np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+                           np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     """A stack of ``num_layers`` layers of one or two directions, like ``torch.nn.LSTM``.
 
     ``params`` maps PyTorch's names (``weight_ih_l{k}{sfx}``, ``weight_hh_l{k}{sfx}``,
@@ -531,7 +534,8 @@ def lstm_stack_forward(x: np.ndarray, params: Mapping[str, np.ndarray], *, num_l
 _STACK_CACHE_KEYS = {"passes", "masks", "names", "batch_first", "H", "R"}
 
 
-def lstm_stack_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = None,
+def lstm_stack_backward(cache: dict[str, Any], dy: np.ndarray | None,
+                        dh_n: np.ndarray | None = None,
                         dc_n: np.ndarray | None = None) -> tuple[
                             np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """Backward of :func:`lstm_stack_forward`: ``dy`` like ``y``, ``dh_n [L*D, B, R]``,

@@ -37,7 +37,7 @@ class _LSTMFunction(torch.autograd.Function):
     """``(x, h0, c0, *params) -> (y, h_n, c_n)`` through lstmx's training forward and backward."""
 
     @staticmethod
-    def forward(ctx: Any, module: LSTM,  # type: ignore[override]
+    def forward(ctx: Any, module: LSTM,
                 lengths: np.ndarray | None, seed: int, x: Tensor, h0: Tensor | None,
                 c0: Tensor | None, *params: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -135,7 +135,7 @@ class LSTM(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> LSTM:
         """``.to()``, ``.double()``...: then checks the parameters are still CPU float32/64."""
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
         self._check()
         return self
 
@@ -166,7 +166,7 @@ class LSTM(nn.Module):
         dtype = self._check()
         packed = isinstance(input, PackedSequence)
         lengths = None
-        if packed:
+        if isinstance(input, PackedSequence):
             x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
             lengths = lens.numpy()
         elif isinstance(input, Tensor):
@@ -196,7 +196,8 @@ class LSTM(nn.Module):
             if not self.training:  # eval: no dropout
                 m.dropout = m.recurrent_dropout = 0.0
             try:
-                y, hn, cn = _LSTMFunction.apply(self, lengths, self._seed(), x, h0, c0, *params)
+                y, hn, cn = _LSTMFunction.apply(  # type: ignore[no-untyped-call]  # unannotated in torch
+                    self, lengths, self._seed(), x, h0, c0, *params)
             finally:
                 m.dropout, m.recurrent_dropout = saved
         else:
