@@ -27,6 +27,7 @@ import numpy as np
 import lstmx
 
 from .bench import BenchConfig, Env, Progress, Target, Timing, make_inputs, measure
+from .functional import AnyArray
 
 __all__ = ["LayerRow", "LAYER_TARGETS", "layer_steps", "run_layer", "format_layer",
            "layer_targets"]
@@ -91,7 +92,7 @@ def _varlen(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
     useful = int(lengths.sum())
     flops = _fwd_flops(1, useful, cfg.I, cfg.H)
 
-    def train(lengths: np.ndarray | None) -> object:
+    def train(lengths: AnyArray | None) -> object:
         y, _, _, tape = lstmx.lstm_train(*inp.args, lengths=lengths)
         return lstmx.lstm_backward(tape, inp.dy)
 
@@ -130,7 +131,7 @@ def _varlen(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
             for m in MODES]
 
 
-def _layer_fns(m: lstmx.LSTM, x: np.ndarray, dy: np.ndarray
+def _layer_fns(m: lstmx.LSTM, x: AnyArray, dy: AnyArray
                ) -> dict[str, dict[str, Callable[[], object]]]:
     """The layer's calls, by mode: inference, and forward_train + backward."""
     def train() -> object:

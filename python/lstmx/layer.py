@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
-from .functional import (Array, ArrayLike, LSTMGrads, Tape, _check_args, _check_clip,
-                         _check_lengths, _check_memory, _flag, _float_array, _probability,
-                         _to_numpy, _uint64, _variant, lstm, lstm_backward, lstm_train)
+from .functional import (AnyArray, Array, ArrayLike, LSTMGrads, Tape, _check_args,
+                         _check_clip, _check_lengths, _check_memory, _flag, _float_array,
+                         _probability, _to_numpy, _uint64, _variant, lstm, lstm_backward,
+                         lstm_train)
 
 __all__ = ["LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
 
@@ -306,7 +307,7 @@ class LSTM:
 
     def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
                  lengths: ArrayLike | None
-                 ) -> tuple[np.ndarray, Array | None, Array | None, np.ndarray | None, bool]:
+                 ) -> tuple[AnyArray, Array | None, Array | None, AnyArray | None, bool]:
         """x as 3-D, h0 and c0 as ``[L * D, B, H]``, lengths as int64; and whether x is 2-D."""
         xa = _float_array("x", x, self.dtype, "the layer")
         unbatched = xa.ndim == 2
@@ -511,7 +512,7 @@ class LSTM:
             return inp[0], StreamState(hs[0][None], cs[0][None])
         return inp[0], StreamState(np.stack(hs), np.stack(cs))
 
-    def _step_input(self, x: ArrayLike) -> np.ndarray:
+    def _step_input(self, x: ArrayLike) -> AnyArray:
         """:meth:`step`'s ``x [B, I]``, checked, C-contiguous."""
         xa = _float_array("x", x, self.dtype, "the layer")
         if xa.ndim != 2 or xa.shape[1] != self.input_size:
@@ -520,7 +521,7 @@ class LSTM:
         return np.ascontiguousarray(xa)
 
     def _step_state(self, state: StreamState | tuple[ArrayLike, ArrayLike] | None, B: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    ) -> tuple[AnyArray, AnyArray]:
         """:meth:`step`'s state as C-contiguous ``h [L, B, R]``, ``c [L, B, H]``."""
         if state is None:
             return self.initial_state(B)
