@@ -55,6 +55,8 @@ import numpy as np
 
 import lstmx
 
+from .functional import AnyArray
+
 __all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timing", "Peer", "Env",
            "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid", "run_all",
            "evaluate_targets", "report", "format_table", "machine_info", "main"]
@@ -224,15 +226,15 @@ def measure(fn: Callable[[], object], budget: Budget) -> Timing:
 class Inputs:
     """One configuration's inputs, shared by every peer."""
 
-    x: np.ndarray
-    w_ih: np.ndarray
-    w_hh: np.ndarray
-    b_ih: np.ndarray
-    b_hh: np.ndarray
-    dy: np.ndarray
+    x: AnyArray
+    w_ih: AnyArray
+    w_hh: AnyArray
+    b_ih: AnyArray
+    b_hh: AnyArray
+    dy: AnyArray
 
     @property
-    def args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def args(self) -> tuple[AnyArray, AnyArray, AnyArray, AnyArray, AnyArray]:
         """``(x, w_ih, w_hh, b_ih, b_hh)``, the arguments of :func:`lstmx.lstm`."""
         return self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh
 
@@ -243,7 +245,7 @@ def make_inputs(cfg: BenchConfig, dtype: np.dtype[Any], seed: int = 0) -> Inputs
     k = 1.0 / np.sqrt(cfg.H)
     G = 4 * cfg.H
 
-    def u(*shape: int) -> np.ndarray:
+    def u(*shape: int) -> AnyArray:
         return rng.uniform(-k, k, shape).astype(dtype)
 
     return Inputs(x=rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(dtype),
@@ -255,7 +257,7 @@ def make_inputs(cfg: BenchConfig, dtype: np.dtype[Any], seed: int = 0) -> Inputs
 class Expected:
     """lstmx's training output and gradients on one config's inputs: what the peers must give."""
 
-    y: np.ndarray
+    y: AnyArray
     grads: lstmx.LSTMGrads
 
 
@@ -310,7 +312,7 @@ def reference_peer(inp: Inputs, budget: Budget) -> Peer:
     def infer() -> object:
         return lstmx.reference.lstm_forward(*inp.args)
 
-    def train() -> tuple[Any, dict[str, np.ndarray]]:
+    def train() -> tuple[Any, dict[str, AnyArray]]:
         y, _, _, cache = lstmx.reference.lstm_forward(*inp.args)
         return y, lstmx.reference.lstm_backward(cache, inp.dy)
 
@@ -381,7 +383,7 @@ def onnx_lstm_model(onnx: Any, inp: Inputs) -> bytes:
     T, B, I = inp.x.shape
     H = inp.w_hh.shape[1]
 
-    def gates(a: np.ndarray) -> np.ndarray:  # [4H, ...] -> [4H, ...], blocks reordered
+    def gates(a: AnyArray) -> AnyArray:  # [4H, ...] -> [4H, ...], blocks reordered
         return np.ascontiguousarray(a.reshape(4, H, *a.shape[1:])[list(ONNX_GATES)]
                                     .reshape(a.shape))
 

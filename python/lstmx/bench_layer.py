@@ -30,6 +30,7 @@ import numpy as np
 import lstmx
 
 from .bench import BenchConfig, Env, Progress, Target, Timing, make_inputs, measure
+from .functional import AnyArray
 
 __all__ = ["LayerRow", "LAYER_TARGETS", "layer_steps", "run_layer", "format_layer",
            "layer_targets"]
@@ -57,6 +58,7 @@ class LayerRow:
     tokens: tuple[int, int] | None = None  # varlen: useful tokens, and T*B
 
     def ms(self, impl: str) -> float | None:
+        """``impl``'s median time in milliseconds (``None``: not timed)."""
         t = self.timings.get(impl)
         return None if t is None else t.median * 1e3
 
@@ -73,6 +75,7 @@ class LayerRow:
         return (self.tokens[0] / a) / (self.tokens[1] / b)
 
     def to_json(self) -> dict[str, Any]:
+        """The row, its derived ratios and its timings' summaries, as JSON values."""
         return {"name": self.name, "mode": self.mode, "flops": self.flops, "peer": self.peer,
                 "mismatch": self.mismatch, "tokens": self.tokens,
                 "speedup": self.speedup(), "per_token": self.per_token(),
@@ -94,7 +97,7 @@ def _varlen(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
     useful = int(lengths.sum())
     flops = _fwd_flops(1, useful, cfg.I, cfg.H)
 
-    def train(lengths: np.ndarray | None) -> object:
+    def train(lengths: AnyArray | None) -> object:
         y, _, _, tape = lstmx.lstm_train(*inp.args, lengths=lengths)
         return lstmx.lstm_backward(tape, inp.dy)
 
@@ -133,7 +136,7 @@ def _varlen(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
             for m in MODES]
 
 
-def _layer_fns(m: lstmx.LSTM, x: np.ndarray, dy: np.ndarray
+def _layer_fns(m: lstmx.LSTM, x: AnyArray, dy: AnyArray
                ) -> dict[str, dict[str, Callable[[], object]]]:
     """The layer's calls, by mode: inference, and forward_train + backward."""
     def train() -> object:
@@ -178,7 +181,7 @@ def torch_layernorm_lstm(torch: Any, I: int, H: int) -> Any:  # noqa: E741
     """A LayerNorm-LSTM written with torch ops, one cell a step, with lstmx's semantics:
     ``z = LN(x W_ih^T) + LN(h W_hh^T) + b``, ``h = o * tanh(LN(c))``."""
 
-    class LayerNormLSTM(torch.nn.Module):  # type: ignore[misc, name-defined]
+    class LayerNormLSTM(torch.nn.Module):  # type: ignore[misc]  # torch: Any
         def __init__(self) -> None:
             super().__init__()
             self.ih = torch.nn.Linear(I, 4 * H, bias=False)
@@ -301,13 +304,14 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
            f"{'vs peer':>8}  notes"]
     for r in rows:
         notes = []
-        if r.per_token() is not None:
-            notes.append(f"per useful token {r.per_token():.2f}x equal lengths "
+        pt = r.per_token()
+        if pt is not None and r.tokens is not None:
+            notes.append(f"per useful token {pt:.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
-        if r.name == "stream":
-            notes.append(f"B=1 I=H={STREAM}: {r.ms('lstmx') * 1e3:.1f} us a step"
-                         + ("" if r.ms(r.peer) is None else
-                            f" (torch {r.ms(r.peer) * 1e3:.1f} us)"))
+        ms, peer_ms = r.ms("lstmx"), r.ms(r.peer)
+        if r.name == "stream" and ms is not None:
+            notes.append(f"B=1 I=H={STREAM}: {ms * 1e3:.1f} us a step"
+                         + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us)"))
         if r.mismatch is not None and not r.mismatch <= 1e-3:
             notes.append(f"WARNING: the peer's output differs by {r.mismatch:.2g}")
         sp = r.speedup()

@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 Array = npt.NDArray[np.floating[Any]]
+AnyArray = npt.NDArray[Any]  # of any dtype
 ArrayLike = Any  # numpy arrays, torch CPU tensors, nested lists of floats
 
 
@@ -102,7 +103,8 @@ class Tape:
 
     def __init__(self, cache: Any, has_bias: bool, cell: bool, dtype: np.dtype[Any]) -> None:
         kinds = {np.dtype(np.float32): _core.Cache_f32, np.dtype(np.float64): _core.Cache_f64}
-        if not (isinstance(dtype, np.dtype) and isinstance(cache, kinds.get(dtype, ()))):
+        kind = kinds.get(dtype) if isinstance(dtype, np.dtype) else None
+        if kind is None or not isinstance(cache, kind):
             raise TypeError(f"cache, dtype: expected the workspace of a training forward pass "
                             f"and its dtype (tapes are made by lstmx), got "
                             f"{type(cache).__name__} and {dtype!r}")
@@ -128,7 +130,7 @@ class Tape:
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _to_numpy(name: str, a: ArrayLike) -> np.ndarray:
+def _to_numpy(name: str, a: ArrayLike) -> AnyArray:
     """Any array-like (numpy, torch CPU tensor, list) to an ndarray, without casting."""
     if a is None:
         raise TypeError(f"{name}: expected an array, got None")
@@ -141,7 +143,7 @@ def _to_numpy(name: str, a: ArrayLike) -> np.ndarray:
 
 
 def _float_array(name: str, a: ArrayLike, dtype: np.dtype[Any] | None = None,
-                 source: str = "x") -> np.ndarray:
+                 source: str = "x") -> AnyArray:
     """``a`` as a float32 or float64 ndarray of ``dtype`` (the call's, set by ``source``).
 
     Arrays and tensors keep their dtype, which must match; Python lists and numbers have none
@@ -172,7 +174,7 @@ def _call_dtype(*named: tuple[str, ArrayLike]) -> tuple[np.dtype[Any], str]:
     return np.dtype(np.float64), named[0][0]
 
 
-def _c_array(a: np.ndarray) -> np.ndarray:
+def _c_array(a: AnyArray) -> AnyArray:
     """C-contiguous and aligned (the kernels' layout), copying only if needed."""
     return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
 
@@ -184,7 +186,8 @@ def _flag(name: str, v: object) -> bool:
     raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
 
 
-def _expect_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], desc: str) -> None:
+def _expect_shape(name: str, arr: Any, expected: tuple[int, ...], desc: str) -> None:
+    """``arr.shape`` (of any array type) must be ``expected``."""
     if arr.shape != expected:
         raise ValueError(f"{name}: expected shape {desc} = {expected}, got {arr.shape}")
 
@@ -206,27 +209,27 @@ def _check_memory(names: str, nbytes: int, what: str) -> None:
 
 
 class _Args(NamedTuple):
-    x: np.ndarray
-    w_ih: np.ndarray
-    w_hh: np.ndarray
-    bias: np.ndarray | None
-    h0: np.ndarray | None
-    c0: np.ndarray | None
+    x: AnyArray
+    w_ih: AnyArray
+    w_hh: AnyArray
+    bias: AnyArray | None
+    h0: AnyArray | None
+    c0: AnyArray | None
     has_bias: bool
     batch_first: bool = False
-    w_hr: np.ndarray | None = None
+    w_hr: AnyArray | None = None
 
 
-def _check_weights(wih: np.ndarray, whh: np.ndarray, I: int) -> int:
+def _check_weights(wih: AnyArray, whh: AnyArray, I: int) -> int:
     """Shape checks of ``w_hh [4H, H]`` and ``w_ih [4H, I]``; returns H."""
     if whh.ndim != 2 or whh.shape[0] != 4 * whh.shape[1]:
         raise ValueError(f"w_hh: expected shape [4H, H], got {whh.shape}")
-    H = whh.shape[1]
+    H = int(whh.shape[1])
     _expect_shape("w_ih", wih, (4 * H, I), "[4H, I]")
     return H
 
 
-def _check_projected(wih: np.ndarray, whh: np.ndarray, whr: np.ndarray, I: int) -> tuple[int, int]:
+def _check_projected(wih: AnyArray, whh: AnyArray, whr: AnyArray, I: int) -> tuple[int, int]:
     """Shape checks with a projection: ``w_hr [P, H]``, ``w_hh [4H, P]``, ``w_ih [4H, I]``;
     returns (H, P)."""
     if whr.ndim != 2 or not 0 < whr.shape[0] < whr.shape[1]:
@@ -263,14 +266,14 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
         H = R = _check_weights(wih, whh, I)
     else:
         H, R = _check_projected(wih, whh, whr, I)
-    opt: dict[str, np.ndarray | None] = {}
+    opt: dict[str, AnyArray | None] = {}
     hn, cn = ("h", "c") if cell else ("h0", "c0")
     for nm, a, shape, desc in (("b_ih", b_ih, (4 * H,), "[4H]"), ("b_hh", b_hh, (4 * H,), "[4H]"),
                                (hn, h0, (B, R), "[B, H]" if whr is None else "[B, P]"),
                                (cn, c0, (B, H), "[B, H]")):
-        opt[nm] = None if a is None else _float_array(nm, a, dt, src)
-        if opt[nm] is not None:
-            _expect_shape(nm, opt[nm], shape, desc)  # type: ignore[arg-type]
+        opt[nm] = arr = None if a is None else _float_array(nm, a, dt, src)
+        if arr is not None:
+            _expect_shape(nm, arr, shape, desc)
     # Before any copy: per row of x, its copy, y and the input projection, and in training the
     # cache (x, gates, h, c) and backward's scratch; the weights, copied, and the cache's copy.
     rows, k = T * B, 2 if training else 1
@@ -281,9 +284,10 @@ def _check_args(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike 
     if len(bias) == 2:
         with np.errstate(all="ignore"):  # inf + -inf is NaN, silently: NaN propagates
             bias = [bias[0] + bias[1]]
+    ha, ca = opt[hn], opt[cn]
     return _Args(_c_array(xa), _c_array(wih), _c_array(whh), _c_array(bias[0]) if bias else None,
-                 None if opt[hn] is None else _c_array(opt[hn]),
-                 None if opt[cn] is None else _c_array(opt[cn]), bool(bias), batch_first,
+                 None if ha is None else _c_array(ha),
+                 None if ca is None else _c_array(ca), bool(bias), batch_first,
                  None if whr is None else _c_array(whr))
 
 
@@ -298,7 +302,7 @@ def _check_tape(tape: Any, cell: bool) -> Tape:
 
 
 def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc: str,
-                dtype: np.dtype[Any]) -> np.ndarray | None:
+                dtype: np.dtype[Any]) -> AnyArray | None:
     if a is None:
         return None
     arr = _float_array(name, a, dtype)
@@ -341,7 +345,7 @@ def _uint64(name: str, v: object) -> int:
     return int(v)
 
 
-def _check_lengths(lengths: ArrayLike, T: int, B: int) -> np.ndarray:
+def _check_lengths(lengths: ArrayLike, T: int, B: int) -> AnyArray:
     """``lengths [B]``: integers in ``[0, T]`` (any order), as int64."""
     a = _to_numpy("lengths", lengths)
     if a.dtype.kind not in "iu":
@@ -357,14 +361,14 @@ _LN_PARTS = (("gain_x", 4, "[4H]"), ("gain_h", 4, "[4H]"), ("gain_c", 1, "[H]"),
              ("bias_c", 1, "[H]"))
 
 
-def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[np.ndarray, ...]:
+def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[AnyArray, ...]:
     """``layer_norm = (gain_x [4H], gain_h [4H], gain_c [H], bias_c [H])`` of x's dtype."""
     if not isinstance(layer_norm, (tuple, list)) or len(layer_norm) != 4:
         raise TypeError(f"layer_norm: expected a tuple (gain_x, gain_h, gain_c, bias_c), got "
                         f"{type(layer_norm).__name__}"
                         + (f" of length {len(layer_norm)}" if isinstance(layer_norm, (tuple, list))
                            else ""))
-    out = []
+    out: list[AnyArray] = []
     for a, (nm, k, desc) in zip(layer_norm, _LN_PARTS):
         name = f"layer_norm[{len(out)}] ({nm})"
         arr = _float_array(name, a, dt, "x")

@@ -27,6 +27,8 @@ from . import functional as _f
 
 __all__ = ["lstm"]
 
+_SDS: Any = jax.ShapeDtypeStruct  # (shape, dtype) of a callback's result; jax leaves it untyped
+
 # The float arguments in the order of lstmx.lstm, each with its name in LSTMGrads.
 _GRADS = dict(x="dx", w_ih="dw_ih", w_hh="dw_hh", b_ih="db_ih", b_hh="db_hh", h0="dh0",
               c0="dc0", w_hr="dw_hr", peephole="dpeephole", layer_norm="dlayer_norm")
@@ -112,8 +114,8 @@ def _kernel_args(p: dict[str, Any], fl: _Flags) -> tuple[tuple[Any, ...], dict[s
 def _forward(fl: _Flags, p: dict[str, Any]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     x, (H, R) = p["x"], (p["w_hh"].shape[0] // 4, p["w_hh"].shape[1])
     T, B = (x.shape[1], x.shape[0]) if fl.batch_first else x.shape[:2]
-    out = (jax.ShapeDtypeStruct((B, T, R) if fl.batch_first else (T, B, R), x.dtype),
-           jax.ShapeDtypeStruct((B, R), x.dtype), jax.ShapeDtypeStruct((B, H), x.dtype))
+    out = (_SDS((B, T, R) if fl.batch_first else (T, B, R), x.dtype),
+           _SDS((B, R), x.dtype), _SDS((B, H), x.dtype))
 
     def run(q: dict[str, Any]) -> tuple[np.ndarray, ...]:
         args, kw = _kernel_args(q, fl)
@@ -130,7 +132,7 @@ def _fwd(fl: _Flags, p: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 def _bwd(fl: _Flags, p: dict[str, Any], cts: Any) -> tuple[dict[str, Any]]:
     dy, (dhn, dcn) = cts
     given = [k for k in _GRADS if p[k] is not None]
-    out = {k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), p[k])
+    out = {k: jax.tree.map(lambda a: _SDS(a.shape, a.dtype), p[k])
            for k in given}
 
     def run(q: dict[str, Any], dy: np.ndarray, dhn: np.ndarray, dcn: np.ndarray
@@ -169,4 +171,4 @@ def lstm(x: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, h0: A
                 _f._check_clip(clip), _f._flag("input_forget", input_forget))
     p = _checked(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, w_hr, peephole, layer_norm,
                  fl.batch_first)
-    return _lstm(fl, p)  # type: ignore[no-any-return]
+    return _lstm(fl, p)

@@ -82,6 +82,7 @@ def to_keras(lstm: LSTM) -> tuple[Array, Array, Array | None]:
         if getattr(lstm, name):
             raise ValueError(f"lstm: Keras's LSTM has no {name}; this layer has "
                              f"{name}={getattr(lstm, name)!r}")
-    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0 if lstm.bias else None
-    return (np.ascontiguousarray(lstm.weight_ih_l0.T), np.ascontiguousarray(lstm.weight_hh_l0.T),
+    p = lstm.named_parameters()
+    bias = p["bias_ih_l0"] + p["bias_hh_l0"] if lstm.bias else None
+    return (np.ascontiguousarray(p["weight_ih_l0"].T), np.ascontiguousarray(p["weight_hh_l0"].T),
             bias)

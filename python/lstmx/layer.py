@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
-from .functional import (Array, ArrayLike, LSTMGrads, Tape, _c_array, _check_args,
+from .functional import (AnyArray, Array, ArrayLike, LSTMGrads, Tape, _c_array, _check_args,
                          _check_clip, _check_lengths, _check_memory, _flag, _float_array,
                          _probability, _to_numpy, _uint64, _variant, lstm, lstm_backward,
                          lstm_train)
@@ -50,7 +50,8 @@ class _StepPass(NamedTuple):
 
     names: tuple[str, ...]  # the parameters' attribute names
     params: tuple[Array | None, ...]  # the arrays themselves
-    layer: tuple[Array | None, ...]  # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole)
+    # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole)
+    layer: tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]
     kw: dict[str, Any]  # _core.forward's keywords (the layer-norm path)
 
 
@@ -304,7 +305,7 @@ class LSTM:
 
     def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
                  lengths: ArrayLike | None
-                 ) -> tuple[np.ndarray, Array | None, Array | None, np.ndarray | None, bool]:
+                 ) -> tuple[AnyArray, Array | None, Array | None, AnyArray | None, bool]:
         """x as 3-D, h0 and c0 as ``[L * D, B, H]``, lengths as int64; and whether x is 2-D."""
         xa = _float_array("x", x, self.dtype, "the layer")
         unbatched = xa.ndim == 2
@@ -503,7 +504,7 @@ class LSTM:
         for k, sp in enumerate(passes):
             w_ih, w_hh, b_ih, b_hh = sp.layer[:4]
             bias = None
-            if b_ih is not None:
+            if b_ih is not None and b_hh is not None:
                 with np.errstate(all="ignore"):  # as lstm(): inf + -inf is NaN, silently
                     bias = b_ih + b_hh
             inp, hn, cn, _ = _core.forward(inp, w_ih, w_hh, bias, h[k], c[k], False, False,
@@ -512,7 +513,7 @@ class LSTM:
             cs.append(cn)
         return inp[0], StreamState(np.stack(hs), np.stack(cs))
 
-    def _step_input(self, x: ArrayLike) -> np.ndarray:
+    def _step_input(self, x: ArrayLike) -> AnyArray:
         """:meth:`step`'s ``x [B, I]``, checked, C-contiguous."""
         xa = _float_array("x", x, self.dtype, "the layer")
         if xa.ndim != 2 or xa.shape[1] != self.input_size:
@@ -524,7 +525,7 @@ class LSTM:
         return _c_array(xa)
 
     def _step_state(self, state: StreamState | tuple[ArrayLike, ArrayLike] | None, B: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    ) -> tuple[AnyArray, AnyArray]:
         """:meth:`step`'s state as C-contiguous ``h [L, B, R]``, ``c [L, B, H]``."""
         if state is None:
             return self.initial_state(B)
@@ -539,8 +540,10 @@ class LSTM:
                 break
         else:
             return h, c  # the fast path: as returned by step() or initial_state()
-        return (_c_array(self._state("state.h", h, B, False)),
-                _c_array(self._state("state.c", c, B, False)))
+        hs, cs = self._state("state.h", h, B, False), self._state("state.c", c, B, False)
+        if hs is None or cs is None:
+            raise TypeError("state: expected arrays (h, c), got None in the tuple")
+        return _c_array(hs), _c_array(cs)
 
     _STEP_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "peephole") + _LN
 
@@ -548,7 +551,7 @@ class LSTM:
         """Layer ``k``'s arguments of ``_core.step`` (and ``_core.forward``), cached while its
         parameter arrays are the same objects; rebuilt, through every check of
         :func:`lstmx.lstm`, when one of them was replaced."""
-        cache = self.__dict__.setdefault("_step_cache", {})
+        cache: dict[int, _StepPass] = self.__dict__.setdefault("_step_cache", {})
         attrs = self.__dict__
         sp = cache.get(k)
         if sp is not None and all(attrs.get(n) is a for n, a in zip(sp.names, sp.params)):
@@ -594,9 +597,10 @@ class LSTM:
         parameter under its PyTorch name (:meth:`named_parameters`), in the layer's dtype.
         The generator of training-mask seeds is not saved.
         """
-        np.savez(path, **{_FORMAT_KEY: np.int64(FORMAT_VERSION),
-                          _CONFIG_KEY: np.str_(json.dumps(self._config()))},
-                 **self.named_parameters())
+        arrays: dict[str, Any] = {_FORMAT_KEY: np.int64(FORMAT_VERSION),
+                                  _CONFIG_KEY: np.str_(json.dumps(self._config())),
+                                  **self.named_parameters()}
+        np.savez(path, **arrays)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle support: everything but :meth:`step`'s cache (rebuilt on use)."""

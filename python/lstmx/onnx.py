@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .functional import (Array, ArrayLike, _check_clip, _check_lengths, _expect_shape, _flag,
-                         _float_array, lstm as _lstmx_lstm)
+from .functional import (AnyArray, Array, ArrayLike, _check_clip, _check_lengths, _expect_shape,
+                         _flag, _float_array, lstm as _lstmx_lstm)
 
 __all__ = ["lstm", "run_node", "ACTIVATIONS"]
 
@@ -54,7 +54,8 @@ _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 
 
 def _sigmoid(x: Array) -> Array:
-    return 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow for large |x|
+    s: Array = 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow for large |x|
+    return s
 
 
 # name (lower case) -> (function of x, alpha, beta; alpha's default; beta's default). A default
@@ -119,7 +120,7 @@ def _gates(a: Array) -> Array:
     return a.reshape(4, -1, *a.shape[1:])[_TO_LSTMX].reshape(a.shape)
 
 
-def _sequence_lens(a: ArrayLike, T: int, B: int) -> np.ndarray:
+def _sequence_lens(a: ArrayLike, T: int, B: int) -> AnyArray:
     """``sequence_lens [B]``: functional's check of ``lengths``, its errors named for ONNX."""
     try:
         return _check_lengths(a, T, B)
@@ -127,7 +128,7 @@ def _sequence_lens(a: ArrayLike, T: int, B: int) -> np.ndarray:
         raise type(e)(str(e).replace("lengths", "sequence_lens", 1)) from None
 
 
-def _general_pass(x: Array, w: Array, r: Array, b: Array, lens: np.ndarray, h0: Array, c0: Array,
+def _general_pass(x: Array, w: Array, r: Array, b: Array, lens: AnyArray, h0: Array, c0: Array,
                   p: Array, acts: list[_Act], clip: float | None, input_forget: bool,
                   reverse: bool) -> tuple[Array, Array, Array]:
     """The general path: one direction with any activations, a NumPy loop over the steps, in

@@ -34,19 +34,20 @@ from typing import Any
 import numpy as np
 
 # The argument checks of the public API, so that the oracle refuses bad input the same way.
-from .functional import (_call_dtype, _check_args, _check_memory, _check_weights, _expect_shape,
-                         _flag, _float_array, _grad_array, _to_numpy)
+from .functional import (AnyArray, _call_dtype, _check_args, _check_memory, _check_weights,
+                         _expect_shape, _flag, _float_array, _grad_array, _to_numpy)
 
 GATES = ("i", "f", "g", "o")
 LN_EPS = 1e-5  # layer norm's epsilon (biased variance)
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: AnyArray) -> AnyArray:
     """Logistic function, without overflow for any input (float32 or float64)."""
     z = _float_array("z", z)
     _check_memory("z", 4 * z.nbytes, f"the sigmoid of {z.size} numbers")
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    s: AnyArray = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return s
 
 
 # ---- random masks: the counter-based hash --------------------------------------------------
@@ -63,7 +64,7 @@ def _uint(name: str, v: Any, high: int = _U64) -> int:
     return int(v)
 
 
-def uniform(seed: int, stream: int, S: int, B: int, n: int) -> np.ndarray:
+def uniform(seed: int, stream: int, S: int, B: int, n: int) -> AnyArray:
     """The hash ``u(seed, stream, s, b, j, n)`` of every ``s < S, b < B, j < n``: float64
     ``[S, B, n]`` in ``[0, 1)``, multiples of ``2^-24``. All arithmetic is modulo ``2^64``::
 
@@ -99,7 +100,7 @@ def _probability(name: str, p: Any, below_one: bool = False) -> float:
     return float(p)
 
 
-def _check_lengths(lengths: Any, T: int, B: int) -> np.ndarray:
+def _check_lengths(lengths: Any, T: int, B: int) -> AnyArray:
     """``lengths [B]`` of ints in ``[0, T]``, as int64 (all ``T`` when None)."""
     if lengths is None:
         return np.full(B, T, np.int64)
@@ -124,7 +125,7 @@ def _check_clip(clip: Any) -> float | None:
 
 
 def _check_pass(x: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, h0: Any, c0: Any,
-                batch_first: Any, w_hr: Any) -> tuple[Any, np.ndarray, np.ndarray | None]:
+                batch_first: Any, w_hr: Any) -> tuple[Any, AnyArray, AnyArray | None]:
     """The checks of :func:`lstmx.functional._check_args`, which know no projection: with
     ``w_hr [P, H]``, ``w_hh`` is ``[4H, P]`` and ``h0`` is ``[B, P]``, checked here, and
     ``_check_args`` sees a stand-in ``[4H, H]`` w_hh and no h0. Returns ``(args, w_hh, h0)``.
@@ -148,7 +149,7 @@ def _check_pass(x: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, h0: Any, c0:
     return a, w_hh, h0
 
 
-def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[np.ndarray, ...] | None:
+def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[AnyArray, ...] | None:
     if layer_norm is None:
         return None
     if not isinstance(layer_norm, (tuple, list)) or len(layer_norm) != 4:
@@ -166,33 +167,35 @@ def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[np.nd
 # ---- one pass: one layer, one direction ----------------------------------------------------
 
 
-def _normalize(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _normalize(v: AnyArray) -> tuple[AnyArray, AnyArray]:
     """Layer norm without gain or bias over the last axis: ``(n, 1 / sigma)``."""
     mu = v.mean(-1, keepdims=True)
     inv = 1.0 / np.sqrt(((v - mu) ** 2).mean(-1, keepdims=True) + LN_EPS)
     return (v - mu) * inv, inv
 
 
-def _normalize_backward(dn: np.ndarray, n: np.ndarray, inv: np.ndarray) -> np.ndarray:
+def _normalize_backward(dn: AnyArray, n: AnyArray, inv: AnyArray) -> AnyArray:
     """Gradient through :func:`_normalize`, given that of its output ``n``."""
-    return inv * (dn - dn.mean(-1, keepdims=True) - n * (dn * n).mean(-1, keepdims=True))
+    dv: AnyArray = inv * (dn - dn.mean(-1, keepdims=True) - n * (dn * n).mean(-1, keepdims=True))
+    return dv
 
 
-def _clip_pass(z: np.ndarray, clip: float | None) -> np.ndarray | float:
+def _clip_pass(z: AnyArray, clip: float | None) -> AnyArray | float:
     """Where the gradient passes the clamp: 1 where ``|z| <= clip``, 0 where clipped."""
     return 1.0 if clip is None else (np.abs(z) <= clip).astype(z.dtype)
 
 
-def lstm_forward(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
-                 b_ih: np.ndarray | None = None, b_hh: np.ndarray | None = None,
-                 h0: np.ndarray | None = None, c0: np.ndarray | None = None,
+def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
+                 b_ih: AnyArray | None = None, b_hh: AnyArray | None = None,
+                 h0: AnyArray | None = None, c0: AnyArray | None = None,
                  batch_first: bool = False, *, lengths: Any = None, reverse: bool = False,
-                 w_hr: np.ndarray | None = None, peephole: np.ndarray | None = None,
+                 w_hr: AnyArray | None = None, peephole: AnyArray | None = None,
                  clip: float | None = None, input_forget: bool = False,
-                 layer_norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 layer_norm: tuple[AnyArray, AnyArray, AnyArray, AnyArray] | None = None,
                  zoneout_h: float = 0.0, zoneout_c: float = 0.0, recurrent_dropout: float = 0.0,
                  training: bool = False, seed: int = 0,
-                 stream_base: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                 stream_base: int = 0
+                 ) -> tuple[AnyArray, AnyArray, AnyArray, dict[str, Any]]:
     """One pass (one layer, one direction) with every variant of ``notes/variants.md``.
 
     Returns ``(y, h_n, c_n, cache)``: ``y [T, B, R]`` (``[B, T, R]`` if ``batch_first``; 0 at
@@ -227,7 +230,7 @@ def lstm_forward(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
 
     # Zoneout: the weight of the previous state, a 0/1 mask per (step, b, unit) in training,
     # the probability itself in inference; None without zoneout.
-    def zoneout(p: float, stream: int, n: int) -> np.ndarray | float | None:
+    def zoneout(p: float, stream: int, n: int) -> AnyArray | float | None:
         if p == 0:
             return None
         return (uniform(seed, stream, T, B, n) < p).astype(dt) if training else p
@@ -300,8 +303,8 @@ def _check_cache(cache: Any, keys: set[str], source: str) -> None:
                         f"{type(cache).__name__}")
 
 
-def lstm_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = None,
-                  dc_n: np.ndarray | None = None) -> dict[str, Any]:
+def lstm_backward(cache: dict[str, Any], dy: AnyArray | None, dh_n: AnyArray | None = None,
+                  dc_n: AnyArray | None = None) -> dict[str, Any]:
     """Backpropagation through time, one step at a time with per-step outer products.
 
     ``dy [T, B, R]`` (``[B, T, R]`` if ``batch_first``; padded steps are ignored), ``dh_n [B,
@@ -412,7 +415,7 @@ def _pass_names(k: int, sfx: str, bias: bool, proj: bool, peephole: bool,
 
 
 def _stack_params(params: Any, L: int, D: int, I: int, dt: np.dtype[Any]) -> tuple[
-        dict[str, np.ndarray], list[list[dict[str, Any]]], int, int]:
+        dict[str, AnyArray], list[list[dict[str, Any]]], int, int]:
     """Checked parameters by name, the names of each pass (``[layer][direction]``), H and R.
     Biases, projection, peepholes and layer norm are on when layer 0's parameters are there;
     then every pass must have them, and no other name may appear."""
@@ -450,15 +453,15 @@ def _stack_params(params: Any, L: int, D: int, I: int, dt: np.dtype[Any]) -> tup
     return p, names, H, R
 
 
-def lstm_stack_forward(x: np.ndarray, params: Mapping[str, np.ndarray], *, num_layers: int = 1,
+def lstm_stack_forward(x: AnyArray, params: Mapping[str, AnyArray], *, num_layers: int = 1,
                        bidirectional: bool = False, batch_first: bool = False,
                        lengths: Any = None,
-                       hx: tuple[np.ndarray, np.ndarray] | None = None, dropout: float = 0.0,
+                       hx: tuple[AnyArray, AnyArray] | None = None, dropout: float = 0.0,
                        training: bool = False, seed: int = 0, reverse: bool = False,
                        clip: float | None = None, input_forget: bool = False,
                        zoneout_h: float = 0.0, zoneout_c: float = 0.0,
                        recurrent_dropout: float = 0.0) -> tuple[
-                           np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+                           AnyArray, tuple[AnyArray, AnyArray], dict[str, Any]]:
     """A stack of ``num_layers`` layers of one or two directions, like ``torch.nn.LSTM``.
 
     ``params`` maps PyTorch's names (``weight_ih_l{k}{sfx}``, ``weight_hh_l{k}{sfx}``,
@@ -531,9 +534,10 @@ def lstm_stack_forward(x: np.ndarray, params: Mapping[str, np.ndarray], *, num_l
 _STACK_CACHE_KEYS = {"passes", "masks", "names", "batch_first", "H", "R"}
 
 
-def lstm_stack_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | None = None,
-                        dc_n: np.ndarray | None = None) -> tuple[
-                            np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+def lstm_stack_backward(cache: dict[str, Any], dy: AnyArray | None,
+                        dh_n: AnyArray | None = None,
+                        dc_n: AnyArray | None = None) -> tuple[
+                            AnyArray, tuple[AnyArray, AnyArray], dict[str, AnyArray]]:
     """Backward of :func:`lstm_stack_forward`: ``dy`` like ``y``, ``dh_n [L*D, B, R]``,
     ``dc_n [L*D, B, H]``, each optional. Returns ``(dx, (dh0, dc0), grads)``, ``grads`` by
     parameter name."""
@@ -548,7 +552,7 @@ def lstm_stack_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | N
     dc_n = _grad_array("dc_n", dc_n, (L * D, B, H), "[L*D, B, H]", x.dtype)
     d_out = np.zeros((T, B, D * R), x.dtype) if dy is None else dy.swapaxes(0, 1) if bf else dy
     dh0, dc0 = np.zeros((L * D, B, R), x.dtype), np.zeros((L * D, B, H), x.dtype)
-    grads: dict[str, np.ndarray] = {}
+    grads: dict[str, AnyArray] = {}
     for k in reversed(range(L)):
         if cache["masks"][k] is not None:
             d_out = d_out * cache["masks"][k]
@@ -568,7 +572,7 @@ def lstm_stack_backward(cache: dict, dy: np.ndarray | None, dh_n: np.ndarray | N
 # ---- the seeds' formulation ------------------------------------------------------------------
 
 
-def _seed_params(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _seed_params(p: Mapping[str, Any]) -> dict[str, AnyArray]:
     """Checked per-gate parameters: ``W_k [H + I, H]`` and ``b_k [H]``, one dtype."""
     keys = [f"{w}_{g}" for w in "Wb" for g in GATES]
     if not isinstance(p, Mapping) or any(k not in p for k in keys):
@@ -583,15 +587,15 @@ def _seed_params(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def to_seed_params(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None = None,
-                   b_hh: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def to_seed_params(w_ih: AnyArray, w_hh: AnyArray, b_ih: AnyArray | None = None,
+                   b_hh: AnyArray | None = None) -> dict[str, AnyArray]:
     """lstmx/PyTorch layout to per-gate ``W_k [H + I, H]`` applied to ``[h_{t-1}, x_t]``."""
     dt, src = _call_dtype(("w_ih", w_ih), ("w_hh", w_hh))
     w_ih, w_hh = _float_array("w_ih", w_ih, dt, src), _float_array("w_hh", w_hh, dt, src)
     if w_ih.ndim != 2:
         raise ValueError(f"w_ih: expected shape [4H, I], got {w_ih.shape}")
     H = _check_weights(w_ih, w_hh, w_ih.shape[1])
-    b = np.zeros(4 * H, w_ih.dtype)
+    b: AnyArray = np.zeros(4 * H, w_ih.dtype)
     for name, bb in (("b_ih", b_ih), ("b_hh", b_hh)):
         if bb is not None:
             bb = _float_array(name, bb, dt, src)
@@ -605,8 +609,8 @@ def to_seed_params(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None =
     return p
 
 
-def from_seed_params(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                         np.ndarray]:
+def from_seed_params(p: dict[str, AnyArray]) -> tuple[AnyArray, AnyArray, AnyArray,
+                                                         AnyArray]:
     """Per-gate seed layout back to ``(w_ih, w_hh, b_ih, b_hh)``; ``b_hh`` is zero."""
     p = _seed_params(p)
     H = p["W_i"].shape[1]
@@ -616,8 +620,8 @@ def from_seed_params(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, 
     return w_ih, w_hh, b_ih, np.zeros_like(b_ih)
 
 
-def seed_lstm_forward(x: np.ndarray, p: dict[str, np.ndarray], h0: np.ndarray | None = None,
-                      c0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seed_lstm_forward(x: AnyArray, p: dict[str, AnyArray], h0: AnyArray | None = None,
+                      c0: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
     """The seeds' own computation, literally: per-gate weights on ``[h_{t-1}, x_t]``.
 
     ``x [T, B, I]``; returns ``(y, h_n, c_n)``.

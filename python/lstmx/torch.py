@@ -17,18 +17,19 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import layer as _layer
+from .functional import AnyArray
 
 __all__ = ["LSTM"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _np(t: Tensor | None) -> np.ndarray | None:
+def _np(t: Tensor | None) -> AnyArray | None:
     """A CPU tensor as a NumPy array without copying (when it is contiguous)."""
     return None if t is None else t.detach().contiguous().numpy()
 
 
-def _t(a: np.ndarray) -> Tensor:
+def _t(a: AnyArray) -> Tensor:
     """A NumPy result as a tensor (copied only if it is not C-contiguous and writeable)."""
     return torch.from_numpy(np.require(a, requirements=["C", "W"]))
 
@@ -37,8 +38,8 @@ class _LSTMFunction(torch.autograd.Function):
     """``(x, h0, c0, *params) -> (y, h_n, c_n)`` through lstmx's training forward and backward."""
 
     @staticmethod
-    def forward(ctx: Any, module: LSTM,  # type: ignore[override]
-                lengths: np.ndarray | None, seed: int, x: Tensor, h0: Tensor | None,
+    def forward(ctx: Any, module: LSTM,
+                lengths: AnyArray | None, seed: int, x: Tensor, h0: Tensor | None,
                 c0: Tensor | None, *params: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
         m = module._bind(params)
@@ -135,7 +136,7 @@ class LSTM(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> LSTM:
         """``.to()``, ``.double()``...: then checks the parameters are still CPU float32/64."""
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
         self._check()
         return self
 
@@ -166,7 +167,7 @@ class LSTM(nn.Module):
         dtype = self._check()
         packed = isinstance(input, PackedSequence)
         lengths = None
-        if packed:
+        if isinstance(input, PackedSequence):
             x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
             lengths = lens.numpy()
         elif isinstance(input, Tensor):
@@ -196,7 +197,9 @@ class LSTM(nn.Module):
             if not self.training:  # eval: no dropout
                 m.dropout = m.recurrent_dropout = 0.0
             try:
-                y, hn, cn = _LSTMFunction.apply(self, lengths, self._seed(), x, h0, c0, *params)
+                # (Function.apply is unannotated in torch)
+                y, hn, cn = _LSTMFunction.apply(  # type: ignore[no-untyped-call]
+                    self, lengths, self._seed(), x, h0, c0, *params)
             finally:
                 m.dropout, m.recurrent_dropout = saved
         else:

@@ -1,0 +1,75 @@
+"""Types of the private compiled module lstmx._core (cpp/bindings.cpp); use :mod:`lstmx`."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[Any]
+_Floats = npt.NDArray[np.floating[Any]]
+
+max_threads: int
+
+class _Cache:  # stub-only: the properties that Cache_f32 and Cache_f64 both have
+    """Forward workspace kept for backward (one class per dtype)."""
+
+    @property
+    def T(self) -> int: ...
+    @property
+    def B(self) -> int: ...
+    @property
+    def I(self) -> int: ...
+    @property
+    def H(self) -> int: ...
+    @property
+    def P(self) -> int: ...
+    @property
+    def R(self) -> int: ...
+    @property
+    def batch_first(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+
+class Cache_f32(_Cache):
+    """The workspace of a float32 training forward pass."""
+
+class Cache_f64(_Cache):
+    """The workspace of a float64 training forward pass."""
+
+def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Array | None,
+            c0: _Array | None, batch_first: bool, training: bool, naive: bool = False, *,
+            lengths: npt.NDArray[np.int64] | None = None, reverse: bool = False,
+            w_hr: _Array | None = None, peephole: _Array | None = None, clip: float = 0.0,
+            input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+            recurrent_dropout: float = 0.0, seed: int = 0, stream: int = 0,
+            layer_norm: tuple[_Array, ...] | None = None,
+            ) -> tuple[_Floats, _Floats, _Floats, Cache_f32 | Cache_f64 | None]:
+    """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``."""
+
+# (dx, dh0, dc0, dw_ih, dw_hh, db, dpeephole, dw_hr, dlayer_norm)
+_Grads = tuple[_Floats, _Floats, _Floats, _Floats, _Floats, _Floats, _Floats | None,
+               _Floats | None, tuple[_Floats, _Floats, _Floats, _Floats] | None]
+
+def backward(cache: _Cache, dy: _Array | None, dh_n: _Array | None,
+             dc_n: _Array | None, naive: bool = False) -> _Grads:
+    """Backpropagate through the forward pass that made ``cache`` (one overload per dtype)."""
+def _activations(x: npt.ArrayLike) -> tuple[_Floats, _Floats]:
+    """Test hook: the active kernels' vectorised ``(sigmoid(x), tanh(x))``, elementwise."""
+def step(x: _Array, h: _Array, c: _Array,
+         layers: Sequence[tuple[_Array, _Array, _Array | None, _Array | None, _Array | None,
+                                _Array | None]],
+         clip: float = 0.0, input_forget: bool = False, zoneout_h: float = 0.0,
+         zoneout_c: float = 0.0) -> tuple[_Floats, _Floats, _Floats]:
+    """One inference step through stacked layers (lstmx.h, lstm_step): ``(y, h_new, c_new)``;
+    ``layers``: one ``(w_ih, w_hh, b_ih, b_hh, w_hr, peephole)`` per layer."""
+def uniform(seed: int, stream: int, count: int) -> npt.NDArray[np.float64]:
+    """The masks' hash (lstmx.h): uniform(seed, stream, idx) for idx < count, as float64."""
+def set_num_threads(n: int) -> None:
+    """Set the kernels' OpenMP thread count, ``1 <= n <= max_threads``."""
+def get_num_threads() -> int:
+    """The kernels' thread count."""
+def set_isa(name: str) -> None:
+    """Switch the kernels to another ISA level (see ``build_info()["isas_available"]``)."""
+def build_info() -> dict[str, str | list[str] | bool]:
+    """The ISA in use and those available, OpenMP, Eigen version, SIMD, compiler."""
