@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -31,8 +32,9 @@ std::string shape_str(const std::vector<Index>& s) {
 }
 
 // A C-contiguous, aligned array of exactly dtype S and the given shape, or None (nullptr).
+// (No allocation unless it throws: a streaming step checks a dozen arrays per call.)
 template <typename S>
-const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>& shape) {
+const S* in_ptr(const py::object& o, const char* name, const Index* shape, std::size_t ndim) {
   if (o.is_none()) return nullptr;
   if (!py::isinstance<py::array_t<S>>(o))
     throw py::type_error(std::string(name) + ": expected a numpy array of " +
@@ -42,11 +44,19 @@ const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>&
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
   if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     throw py::value_error(std::string(name) + ": expected an aligned array");
-  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-  if (got != shape)
-    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
-                          shape_str(got));
+  if (std::size_t(a.ndim()) != ndim || !std::equal(shape, shape + ndim, a.shape()))
+    throw py::value_error(std::string(name) + ": expected shape " +
+                          shape_str(std::vector<Index>(shape, shape + ndim)) + ", got " +
+                          shape_str(std::vector<Index>(a.shape(), a.shape() + a.ndim())));
   return static_cast<const S*>(a.data());
+}
+template <typename S>
+const S* in_ptr(const py::object& o, const char* name, std::initializer_list<Index> shape) {
+  return in_ptr<S>(o, name, shape.begin(), shape.size());
+}
+template <typename S>
+const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>& shape) {
+  return in_ptr<S>(o, name, shape.data(), shape.size());
 }
 
 [[noreturn]] void memory_error(const std::string& msg) {

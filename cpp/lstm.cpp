@@ -1413,14 +1413,11 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
 // and the rows (NR * K values) stay in L1 while they serve every batch row. Each sum runs over
 // k in a fixed order (per lane, then the lanes), whatever the thread split.
 
-// out[r] = sum_k w[r][k] a[k] over K, for NR rows w[r].
+// acc[r] += sum_k w[r][k] a[k] over K, lane by lane, for NR rows w[r].
 template <typename S, int NR>
-EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* a, S* out) {
+EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* a, Pk<S> (&acc)[NR]) {
   using P = Pk<S>;
   constexpr Index V = kV<S>;
-  P acc[NR];
-#pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) acc[r] = ei::pzero(P());
   Index k = 0;
   for (; k + V <= K; k += V) {
     const P av = ei::ploadu<P>(a + k);
@@ -1432,6 +1429,18 @@ EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* a, S* out
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) acc[r] = ei::pmadd(load(w[r] + k, K - k), av, acc[r]);
   }
+}
+
+// out[r] = w1[r] . a1 + w2[r] . a2 (K1 and K2 values), for NR rows: one set of sums, reduced
+// across the lanes once.
+template <typename S, int NR>
+EIGEN_ALWAYS_INLINE void dots(Index K1, const S* const* w1, const S* a1, Index K2,
+                              const S* const* w2, const S* a2, S* out) {
+  Pk<S> acc[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = ei::pzero(Pk<S>());
+  dot_rows<S, NR>(K1, w1, a1, acc);
+  if (K2) dot_rows<S, NR>(K2, w2, a2, acc);
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) out[r] = ei::predux(acc[r]);
 }
@@ -1451,15 +1460,12 @@ void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, In
       wi[r] = l.w_ih + row * I, wh[r] = l.w_hh + row * R;
     }
     for (Index b = 0; b < B; ++b) {
-      S zx[8], zh[8];
-      if (nu == 2) {
-        dot_rows<S, 8>(I, wi, x + b * I, zx), dot_rows<S, 8>(R, wh, h + b * R, zh);
-      } else {
-        dot_rows<S, 4>(I, wi, x + b * I, zx), dot_rows<S, 4>(R, wh, h + b * R, zh);
-      }
+      S zr[8];
+      if (nu == 2) dots<S, 8>(I, wi, x + b * I, R, wh, h + b * R, zr);
+      else dots<S, 4>(I, wi, x + b * I, R, wh, h + b * R, zr);
       for (int r = 0; r < 4 * nu; ++r) {
         const Index g = r % 4, row = g * H + j0 + u + r / 4;
-        S v = zx[r] + zh[r];
+        S v = zr[r];
         if (l.b_ih) v += l.b_ih[row] + l.b_hh[row];
         z[(b * 4 + g) * V + u + r / 4] = v;
       }
@@ -1603,7 +1609,7 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
                 const S* w[4];
                 for (int r = 0; r < 4; ++r) w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
                 S o4[4];
-                dot_rows<S, 4>(H, w, rs.data() + b * H, o4);
+                dots<S, 4>(H, w, rs.data() + b * H, 0, w, nullptr, o4);
                 for (int r = 0; r < 4 && u + r < nv; ++r) hv[u + r] = o4[r];
               }
               emit(b, j0, nv, ei::pload<P>(hv));

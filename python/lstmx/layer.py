@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import operator
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -45,14 +46,23 @@ class StreamState(NamedTuple):
 
 
 class _StepPass(NamedTuple):
-    """One layer's checked arguments for :meth:`LSTM.step`, with the parameter arrays they came
-    from (the cache's key: they are read at call time, so in-place updates count)."""
+    """One layer's checked arguments for :meth:`LSTM.step`."""
 
-    names: tuple[str, ...]  # the parameters' attribute names
-    params: tuple[Array | None, ...]  # the arrays themselves
     # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole)
     layer: tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]
     kw: dict[str, Any]  # _core.forward's keywords (the layer-norm path)
+
+
+class _StepPlan(NamedTuple):
+    """:meth:`LSTM.step`'s checked arguments for every layer, with the parameter arrays they
+    came from: the cache's key (the arrays are read at call time, so in-place updates count;
+    a replaced array makes a new plan)."""
+
+    names: tuple[str, ...]  # the parameters' attribute names
+    params: tuple[Array | None, ...]  # the arrays themselves
+    passes: list[_StepPass]
+    layers: list[tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]]
+    options: tuple[float, bool, float, float]  # _core.step's clip, input_forget, zoneout h, c
 
 
 class LayerTape:
@@ -484,24 +494,18 @@ class LSTM:
         ``bidirectional`` or ``reverse``, which need the future. The parameters are read at
         every call: in-place updates (``load_state_dict``) and replaced arrays both count.
         """
-        if self.bidirectional or self.reverse:
-            what = "bidirectional" if self.bidirectional else "reverse"
-            raise ValueError(f"step: not with {what}=True (a step cannot see the future); run "
-                             f"the whole sequence with lstm(x)")
-        I, L, dt = self.input_size, self.num_layers, self.dtype
-        if not (type(x) is np.ndarray and x.dtype == dt and x.ndim == 2 and x.shape[1] == I
-                and x.flags.c_contiguous and x.flags.aligned):  # else the full checks
+        plan = self._step_plan()
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
+                and x.shape[1] == self.input_size and x.flags.c_contiguous
+                and x.flags.aligned):  # else the full checks
             x = self._step_input(x)
-        B = x.shape[0]
-        h, c = self._step_state(state, B)
-        passes = [self._step_pass(k) for k in range(L)]
+        h, c = self._step_state(state, x.shape[0])
         if not self.layer_norm:  # one call through every layer: lstmx.h, lstm_step
-            y, hn, cn = _core.step(x, h, c, [sp.layer for sp in passes], self.clip or 0.0,
-                                   self.input_forget, self.zoneout_h, self.zoneout_c)
+            y, hn, cn = _core.step(x, h, c, plan.layers, *plan.options)
             return y, StreamState(hn, cn)
         inp = x[None]  # [1, B, I_k]; layer norm: a sequence of one step per layer
         hs, cs = [], []
-        for k, sp in enumerate(passes):
+        for k, sp in enumerate(plan.passes):
             w_ih, w_hh, b_ih, b_hh = sp.layer[:4]
             bias = None
             if b_ih is not None and b_hh is not None:
@@ -547,18 +551,32 @@ class LSTM:
 
     _STEP_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "peephole") + _LN
 
-    def _step_pass(self, k: int) -> _StepPass:
-        """Layer ``k``'s arguments of ``_core.step`` (and ``_core.forward``), cached while its
-        parameter arrays are the same objects; rebuilt, through every check of
-        :func:`lstmx.lstm`, when one of them was replaced."""
-        cache: dict[int, _StepPass] = self.__dict__.setdefault("_step_cache", {})
+    def _step_plan(self) -> _StepPlan:
+        """:meth:`step`'s arguments, cached while the parameter arrays are the same objects;
+        rebuilt, through every check of :func:`lstmx.lstm`, when one of them was replaced."""
         attrs = self.__dict__
-        sp = cache.get(k)
-        if sp is not None and all(attrs.get(n) is a for n, a in zip(sp.names, sp.params)):
-            return sp
-        sfx = "_" + self._pass_name(k, 0)
-        names = tuple(n + sfx for n in self._STEP_NAMES)
+        plan: _StepPlan | None = attrs.get("_step_args")
+        if plan is not None and all(map(operator.is_, map(attrs.get, plan.names), plan.params)):
+            return plan
+        if self.bidirectional or self.reverse:
+            what = "bidirectional" if self.bidirectional else "reverse"
+            raise ValueError(f"step: not with {what}=True (a step cannot see the future); run "
+                             f"the whole sequence with lstm(x)")
+        names = tuple(n + "_" + self._pass_name(k, 0) for k in range(self.num_layers)
+                      for n in self._STEP_NAMES)
         params = tuple(attrs.get(n) for n in names)
+        passes = [self._step_pass(k) for k in range(self.num_layers)]
+        plan = _StepPlan(names, params, passes, [sp.layer for sp in passes],
+                         (self.clip or 0.0, self.input_forget, self.zoneout_h, self.zoneout_c))
+        # kept only if the kernels read the parameters themselves (no converted copies)
+        if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
+               for v in params):
+            attrs["_step_args"] = plan
+        return plan
+
+    def _step_pass(self, k: int) -> _StepPass:
+        """Layer ``k``'s arguments of ``_core.step`` (and ``_core.forward``), through every
+        check of :func:`lstmx.lstm`."""
         p = self._pass_params(k, 0)
         x = np.zeros((1, 1, self.input_size if k == 0 else self._R), self.dtype)
         a = _check_args(x, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], None,
@@ -572,13 +590,7 @@ class LSTM:
         kw = {n: v for n, v in kw.items() if not (isinstance(v, (bool, int, float)) and not v)}
         b_ih, b_hh = (None if b is None else _c_array(np.asarray(b))
                       for b in (p["bias_ih"], p["bias_hh"]))
-        sp = _StepPass(names, params, (a.w_ih, a.w_hh, b_ih, b_hh, kw.get("w_hr"),
-                                       kw.get("peephole")), kw)
-        # kept only if the kernels read the parameters themselves (no converted copies)
-        if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
-               for v in params):
-            cache[k] = sp
-        return sp
+        return _StepPass((a.w_ih, a.w_hh, b_ih, b_hh, kw.get("w_hr"), kw.get("peephole")), kw)
 
     # ---- saving ----
     def _config(self) -> dict[str, Any]:
@@ -604,7 +616,7 @@ class LSTM:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle support: everything but :meth:`step`'s cache (rebuilt on use)."""
-        return {k: v for k, v in self.__dict__.items() if k != "_step_cache"}
+        return {k: v for k, v in self.__dict__.items() if k != "_step_args"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
