@@ -13,7 +13,8 @@ modes ``infer`` and ``train`` (forward and backward), the same inputs for every 
   ``LayerNorm`` cell a step (the way users write it today, as no library ships it).
 * ``stream``: one step of online inference from Python at B = 1, I = H = 256 (whatever the
   config): ``lstmx.LSTM.step`` against ``torch.nn.LSTM`` called on one step, each carrying its
-  state from call to call.
+  state from call to call; and, as the floor, one GEMV of the same weights (NumPy's BLAS): a
+  step at B = 1 must read all of them once.
 
 Each peer is first checked to compute what lstmx computes (a mismatch is reported).
 """
@@ -255,7 +256,10 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
         y, state = m.step(x, state)
         return y
 
-    fns: dict[str, Callable[[], object]] = {"lstmx": step}
+    # The floor: reading the weights once, as one GEMV [4H, I+H] x [I+H] (NumPy's BLAS)
+    w = np.concatenate([m.weight_ih_l0, m.weight_hh_l0], axis=1)
+    v = np.concatenate([x[0], state.h[0, 0]])
+    fns: dict[str, Callable[[], object]] = {"lstmx": step, "gemv": lambda: w @ v}
     mismatch = None
     if env.torch is not None:
         torch = env.torch
@@ -281,7 +285,7 @@ _BUILDERS = (_varlen, _bidir2, _layernorm, _stream)
 
 def layer_steps(env: Env) -> int:
     """Progress steps of :func:`run_layer` (at most)."""
-    return (len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2) + 2
+    return (len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2) + 3
 
 
 def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
@@ -308,10 +312,11 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
         if pt is not None and r.tokens is not None:
             notes.append(f"per useful token {pt:.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
-        ms, peer_ms = r.ms("lstmx"), r.ms(r.peer)
-        if r.name == "stream" and ms is not None:
+        ms, peer_ms, gemv = r.ms("lstmx"), r.ms(r.peer), r.ms("gemv")
+        if r.name == "stream" and ms is not None and gemv is not None:
             notes.append(f"B=1 I=H={STREAM}: {ms * 1e3:.1f} us a step"
-                         + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us)"))
+                         + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us)")
+                         + f"; reading the weights once (a GEMV) takes {gemv * 1e3:.1f} us")
         if r.mismatch is not None and not r.mismatch <= 1e-3:
             notes.append(f"WARNING: the peer's output differs by {r.mismatch:.2g}")
         sp = r.speedup()
