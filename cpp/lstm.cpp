@@ -731,30 +731,49 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, co
   const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
   const Index npi = panel_count<S>(Panels::Plain, I), npr = panel_count<S>(Panels::Plain, R);
   const Index nph = cache.d.P ? panel_count<S>(Panels::Plain, H) : 0;
-  Buf<S> pk(std::max({npi * G, npi * N, npr * N, nph * N}) * W);  // packed right-hand side
+  // With fewer inputs than a panel is wide, dx and dW_ih as they are would be mostly padding
+  // (I of W columns): then compute their transposes, 4H and N columns wide, and transpose back.
+  const bool narrow = I < W;
+  const Index npg = panel_count<S>(Panels::Plain, G), npn = panel_count<S>(Panels::Plain, N);
+  Buf<S> pk(std::max({narrow ? std::max(npn * G, npg * N) : npi * G, npi * N, npr * N,
+                      nph * N}) * W);  // packed right-hand side
+  Buf<S> tr(narrow ? I * std::max(N, G) : 0);  // [I, N] dx^T, then [I, 4H] dW_ih^T
   const S *dg = dG.data(), *dgx = dGx.data(), *dgh = dGh.data();   // [N, 4H]
   const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
   with_team(threads, npi + npr, flops, [&](int tid, int nt, Errors& err) {
     Buf<S> ap;  // this thread's copy of a block of A^T
     err.run([&] { ap.resize(kKC<S> * kMC); });
     // C[M, n] = A B with A(m, k) = a[m * lda + k] (a_rows) or a[k * lda + m], and
-    // B(k, n) = b[k * ldb + n] (K x n) packed first.
+    // B(k, n) = b[k * sbk + n * sbn] (K x n) packed first.
     auto product = [&](Index M, Index n, Index K, const S* a, Index lda, bool a_rows, const S* b,
-                       Index ldb, S* c, const Index* crow) {
+                       Index sbk, Index sbn, S* c, const Index* crow) {
       Index p0, p1;
       share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
-      err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, ldb, 1, pk.data()); });
+      err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, sbk, sbn, pk.data()); });
       barrier();
       err.run([&] {
         gemm_part<S>(tid, nt, M, n, K, a, lda, pk.data(), c, n, a_rows, ap.data(), crow);
       });
       barrier();  // before pk is packed again
     };
-    product(N, I, G, dgx, G, true, cache.w_ih.data(), I, dx, cache.seq.row.data());  // dG W_ih
-    product(G, I, N, dgx, G, false, cache.x.data(), I, dw_ih, nullptr);      // dW_ih = dG^T x
-    product(G, R, N, dgh, G, false, cache.hprev.data(), R, dw_hh, nullptr);  // dW_hh = dG^T hprev
+    const S* x = cache.x.data();  // [N, I]
+    if (narrow) {
+      Index a, b;
+      product(I, N, G, cache.w_ih.data(), I, false, dgx, 1, G, tr.data(), nullptr);  // dx^T
+      share(N, nt, tid, a, b);  // (the next product's first barrier ends these reads of tr)
+      for (Index n = a; n < b; ++n)
+        for (Index i = 0; i < I; ++i) dx[cache.seq.row[n] * I + i] = tr[i * N + n];
+      product(I, G, N, x, I, false, dgx, G, 1, tr.data(), nullptr);  // dW_ih^T = x^T dG
+      share(G, nt, tid, a, b);
+      for (Index g = a; g < b; ++g)
+        for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr[i * G + g];
+    } else {
+      product(N, I, G, dgx, G, true, cache.w_ih.data(), I, 1, dx, cache.seq.row.data());  // dG W_ih
+      product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr);  // dW_ih = dG^T x
+    }
+    product(G, R, N, dgh, G, false, cache.hprev.data(), R, 1, dw_hh, nullptr);  // dG^T hprev
     if (cache.d.P)
-      product(R, H, N, dhn.data(), R, false, cache.r.data(), H, dw_hr, nullptr);  // dhn^T r
+      product(R, H, N, dhn.data(), R, false, cache.r.data(), H, 1, dw_hr, nullptr);  // dhn^T r
     Index c0, c1;  // db: this thread's columns
     share(G, nt, tid, c0, c1);
     err.run([&] {  // rows in order, whatever the split: the sums do not depend on it

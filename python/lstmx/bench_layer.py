@@ -257,7 +257,8 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
         return y
 
     # The floor: reading the weights once, as one GEMV [4H, I+H] x [I+H] (NumPy's BLAS)
-    w = np.concatenate([m.weight_ih_l0, m.weight_hh_l0], axis=1)
+    p = m.named_parameters()
+    w = np.concatenate([p["weight_ih_l0"], p["weight_hh_l0"]], axis=1)
     v = np.concatenate([x[0], state.h[0, 0]])
     fns: dict[str, Callable[[], object]] = {"lstmx": step, "gemv": lambda: w @ v}
     mismatch = None
