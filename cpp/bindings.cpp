@@ -282,7 +282,8 @@ py::tuple step(const py::array& x, const py::array& h, const py::array& c,
     l.b_hh = in_ptr<S>(t[3], "b_hh", {4 * d.H});
     if (!l.b_ih != !l.b_hh) throw py::value_error("b_ih, b_hh: expected both or neither");
     l.w_hr = in_ptr<S>(t[4], "w_hr", {d.P, d.H});
-    if (!d.P != !l.w_hr) throw py::value_error("w_hr: expected one exactly when h has P < H units");
+    if (!d.P != !l.w_hr)
+      throw py::value_error("w_hr: expected one exactly when h has P < H units");
     l.peephole = in_ptr<S>(t[5], "peephole", {3, d.H});
   }
   const S* px = in_ptr<S>(x, "x", {d.B, d.I});
@@ -297,7 +298,8 @@ py::tuple step(const py::array& x, const py::array& h, const py::array& c,
   S *pho = ho.mutable_data(), *pco = co.mutable_data();
   {
     py::gil_scoped_release nogil;
-    table<S>(lstmx::backend()).step(lstmx::num_threads(), d, L, ls.data(), opt, px, ph, pc, pho, pco);
+    table<S>(lstmx::backend()).step(lstmx::num_threads(), d, L, ls.data(), opt, px, ph, pc, pho,
+                                    pco);
     std::copy_n(pho + (L - 1) * d.B * R, d.B * R, y.mutable_data());
   }
   return py::make_tuple(y, ho, co);

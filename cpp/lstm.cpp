@@ -768,7 +768,8 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, co
       for (Index g = a; g < b; ++g)
         for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr[i * G + g];
     } else {
-      product(N, I, G, dgx, G, true, cache.w_ih.data(), I, 1, dx, cache.seq.row.data());  // dG W_ih
+      product(N, I, G, dgx, G, true, cache.w_ih.data(), I, 1, dx,
+              cache.seq.row.data());  // dx = dG W_ih
       product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr);  // dW_ih = dG^T x
     }
     product(G, R, N, dgh, G, false, cache.hprev.data(), R, 1, dw_hh, nullptr);  // dG^T hprev
@@ -1425,7 +1426,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
   });
 }
 
-// ---- One step for streaming: the weights as they are, dot products, no packing -------------------
+// ---- One step for streaming: the weights as they are, dot products, no packing ---------------
 // At small B a step reads every weight once and reuses it little, so packing W^T (which reads
 // and writes them all) would cost more than the step. Instead each output is a dot product of
 // a weight row with an input row, NR rows at a time: NR independent sums hide the FMA latency,
@@ -1589,9 +1590,9 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
       const S *hk = h + k * B * R, *ck = c + k * B * H;
       S *ho = h_out + k * B * R, *co = c_out + k * B * H;
       auto emit = [&](Index b, Index j0, Index nv, P hv) __attribute__((always_inline)) {
-        if (opt.zoneout_h > 0) {  // the expectation: z h_{t-1} + (1 - z) h_new
-          const P zh = ei::pset1<P>(S(opt.zoneout_h));
-          hv = ei::padd(ei::pmul(zh, load(hk + b * R + j0, nv)), ei::pmul(ei::psub(one, zh), hv));
+        if (opt.zoneout_h > 0) {  // inference: the expectation z h_{t-1} + (1 - z) h_new
+          const P z = zoneout<S>(opt, kZoneoutH, false, opt.zoneout_h, 0, B, b, R, j0, nv);
+          hv = ei::padd(ei::pmul(z, load(hk + b * R + j0, nv)), ei::pmul(ei::psub(one, z), hv));
         }
         store(ho + b * R + j0, hv, nv);
       };
@@ -1607,8 +1608,8 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
                              ei::pload<P>(zb + 2 * V), ei::pload<P>(zb + 3 * V));
             P cv = cell.cn;
             if (opt.zoneout_c > 0) {
-              const P zc = ei::pset1<P>(S(opt.zoneout_c));
-              cv = ei::padd(ei::pmul(zc, c0), ei::pmul(ei::psub(one, zc), cell.cn));
+              const P z = zoneout<S>(opt, kZoneoutC, false, opt.zoneout_c, 0, B, b, H, j0, nv);
+              cv = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cell.cn));
             }
             store(co + b * H + j0, cv, nv);
             const P r = ei::pmul(cell.o, vtanh(cell.cn));
@@ -1626,7 +1627,8 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
               alignas(64) S hv[kV<S>] = {};
               for (Index u = 0; u < nv; u += 4) {
                 const S* w[4];
-                for (int r = 0; r < 4; ++r) w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
+                for (int r = 0; r < 4; ++r)  // rows past P repeat the last one, unused
+                  w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
                 S o4[4];
                 dots<S, 4>(H, w, rs.data() + b * H, 0, w, nullptr, o4);
                 for (int r = 0; r < 4 && u + r < nv; ++r) hv[u + r] = o4[r];

@@ -114,7 +114,8 @@ def test_layer_rows(torch: Any, tmp_path: Path, capsys: pytest.CaptureFixture[st
                          for m in ("infer", "train")} | {("stream", "infer")}
     for r in rows.values():
         peers = {"varlen": {"lstmx", "lstmx equal", "torch"}, "bidir2": {"lstmx", "torch"},
-                 "layernorm": {"lstmx", "torch ops"}, "stream": {"lstmx", "torch", "gemv"}}[r["name"]]
+                 "layernorm": {"lstmx", "torch ops"},
+                 "stream": {"lstmx", "torch", "gemv"}}[r["name"]]
         assert set(r["timings"]) == peers and r["speedup"] > 0
         assert 0 <= r["mismatch"] < 1e-3, r
     assert all(rows[("varlen", m)]["per_token"] > 0 for m in ("infer", "train"))
