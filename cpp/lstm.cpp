@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -38,8 +40,83 @@ template <typename S>
 using StepMap = Eigen::Map<Mat<S>, 0, Eigen::OuterStride<>>;
 template <typename S>
 using CStepMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
+
+// Scratch blocks that outlive a call. Large per-call buffers (the packed weights, a chunk's
+// projection) would otherwise come from fresh pages every call, and faulting in tens of MiB
+// costs as much as the step loop at small B; small ones would cost malloc's locks and heap
+// trims in every call of a streaming step. A thread keeps the blocks its calls freed, up to
+// kPoolBytes, for its next call (as oneDNN's global scratchpad does); the rest go back to malloc.
+class Pool {
+ public:
+  static constexpr std::size_t kPoolBytes = std::size_t(256) << 20;
+  static Pool& mine() {
+    static thread_local Pool pool;
+    return pool;
+  }
+  // A 64-byte aligned block of at least `bytes`; its capacity in `cap`.
+  void* take(std::size_t bytes, std::size_t& cap) {
+    auto best = blocks_.end();  // the smallest kept block that is large enough
+    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+      if (it->cap >= bytes && (best == blocks_.end() || it->cap < best->cap)) best = it;
+    if (best != blocks_.end()) {
+      void* p = best->p;
+      cap = best->cap, kept_ -= cap;
+      blocks_.erase(best);
+      return p;
+    }
+    cap = (std::max<std::size_t>(bytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, cap);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void give(void* p, std::size_t cap) {
+    if (cap > kPoolBytes) return std::free(p);
+    while (kept_ + cap > kPoolBytes) {  // make room: drop the largest kept block
+      auto big = std::max_element(blocks_.begin(), blocks_.end(),
+                                  [](const Block& a, const Block& b) { return a.cap < b.cap; });
+      if (big->cap < cap) return std::free(p);  // keep the larger ones instead
+      std::free(big->p), kept_ -= big->cap;
+      blocks_.erase(big);
+    }
+    blocks_.push_back({p, cap}), kept_ += cap;
+  }
+  ~Pool() {
+    for (const Block& b : blocks_) std::free(b.p);
+  }
+
+ private:
+  struct Block {
+    void* p;
+    std::size_t cap;
+  };
+  std::vector<Block> blocks_;
+  std::size_t kept_ = 0;
+};
+
+// A buffer of n scalars (64-byte aligned, uninitialised) from this thread's Pool.
 template <typename S>
-using Buf = Eigen::Matrix<S, Eigen::Dynamic, 1>;  // aligned to the widest vector
+class Buf {
+ public:
+  explicit Buf(Index n = 0) { resize(n); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { release(); }
+  void resize(Index n) {  // the contents are lost
+    release();
+    if (n <= 0) return;
+    if (std::size_t(n) > std::size_t(-1) / 2 / sizeof(S)) throw std::bad_alloc();
+    p_ = static_cast<S*>(Pool::mine().take(std::size_t(n) * sizeof(S), cap_));
+  }
+  S* data() const { return p_; }
+
+ private:
+  void release() {
+    if (p_) Pool::mine().give(p_, cap_);
+    p_ = nullptr;
+  }
+  S* p_ = nullptr;
+  std::size_t cap_ = 0;
+};
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
@@ -762,11 +839,11 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, co
       product(I, N, G, cache.w_ih.data(), I, false, dgx, 1, G, tr.data(), nullptr);  // dx^T
       share(N, nt, tid, a, b);  // (the next product's first barrier ends these reads of tr)
       for (Index n = a; n < b; ++n)
-        for (Index i = 0; i < I; ++i) dx[cache.seq.row[n] * I + i] = tr[i * N + n];
+        for (Index i = 0; i < I; ++i) dx[cache.seq.row[n] * I + i] = tr.data()[i * N + n];
       product(I, G, N, x, I, false, dgx, G, 1, tr.data(), nullptr);  // dW_ih^T = x^T dG
       share(G, nt, tid, a, b);
       for (Index g = a; g < b; ++g)
-        for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr[i * G + g];
+        for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr.data()[i * G + g];
     } else {
       product(N, I, G, dgx, G, true, cache.w_ih.data(), I, 1, dx,
               cache.seq.row.data());  // dx = dG W_ih
