@@ -190,6 +190,7 @@ constexpr Index kV = ei::unpacket_traits<Pk<S>>::size;  // lanes: 16 floats with
 // Rows of the microkernel's register tile (each row holds 4 vectors of accumulators).
 constexpr int kMR = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 6 : 3;
 constexpr Index kMC = 192;  // rows per work item of the big GEMMs (A's block stays in L2)
+static_assert(kMC % kMR == 0, "gemm_part cuts chunks of whole row blocks");
 
 // Loads/stores nv <= V lanes (the rest read as zero).
 template <typename S>
@@ -396,13 +397,19 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
   constexpr Index V = kV<S>, W = 4 * V;
   // With a copied A, one group (every panel) unless there are too few chunks to share out:
   // each group copies its own A blocks, so more groups would copy A more than once.
-  const Index np = panel_count<S>(Panels::Plain, N), nc = ceil_div(M, kMC);
-  const Index ng = !a_rows && nc >= 4 * nt ? 1 : std::min<Index>(np, nt);
+  const Index np = panel_count<S>(Panels::Plain, N), nc0 = ceil_div(M, kMC);
+  const Index ng = !a_rows && nc0 >= 4 * nt ? 1 : std::min<Index>(np, nt);
+  // Chunks: at most kMC rows each, whole row blocks, as many as makes the items share out
+  // evenly, and of equal size (within a row block), so no thread waits for another.
+  Index nc = nc0;
+  while (ng * nc % nt) ++nc;
+  const Index units = ceil_div(M, Index(kMR));  // row blocks
   Index i0, i1;
   share(ng * nc, nt, tid, i0, i1);
   auto crow_ = [&](Index m) { return c + (crow ? crow[m] : m) * ldc; };  // row m of C
   for (Index it = i0; it < i1; ++it) {
-    const Index g = it / nc, m0 = it % nc * kMC, m1 = std::min(M, m0 + kMC);
+    const Index g = it / nc, ch = it % nc;
+    const Index m0 = std::min(M, units * ch / nc * kMR), m1 = std::min(M, units * (ch + 1) / nc * kMR);
     for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
       const Index kb = std::min(kKC<S>, K - k0);
       if (!a_rows)  // ap[k][m - m0] = A(m, k0 + k)
