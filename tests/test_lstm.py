@@ -223,6 +223,26 @@ def test_tape_owns_its_inputs_and_can_be_reused() -> None:
     assert tape.nbytes > 0 and "T=5" in repr(tape)
 
 
+def test_scratch_reused_between_calls_carries_nothing() -> None:
+    """The kernels' scratch (packed weights, partial sums) outlives a call in a per-thread pool:
+    a call after calls of other sizes, dtypes and variants, whose blocks it may reuse, gives
+    bitwise what it gave first."""
+    c = make_case(9, 7, 20, 37, np.float32, seed=12)
+    dy = np.random.default_rng(3).standard_normal((9, 7, 37)).astype(np.float32)
+
+    def run() -> list[np.ndarray]:
+        y, hn, cn, tape = lstmx.lstm_train(**c, lengths=[9, 2, 5, 9, 1, 4, 8])
+        return [y, hn, cn, lstmx.lstm(**c)[0], *lstmx.lstm_backward(tape, dy)[:5]]
+
+    first = run()
+    for k, (T, B, I, H) in enumerate([(10, 16, 48, 80), (3, 1, 5, 8), (6, 24, 33, 40)]):
+        other = make_case(T, B, I, H, np.float64 if k % 2 else np.float32, seed=k)
+        y, _, _, tape = lstmx.lstm_train(**other, peephole=np.ones((3, H), other["x"].dtype))
+        lstmx.lstm_backward(tape, np.ones_like(y))
+        for a, b in zip(first, run()):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("T,B,I,H", [(0, 3, 4, 5), (4, 0, 4, 5), (4, 3, 0, 5), (0, 0, 0, 2)])
 def test_zero_sized_dimensions(T: int, B: int, I: int, H: int) -> None:
     c = make_case(T, B, I, H, seed=1)
