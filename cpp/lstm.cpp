@@ -282,7 +282,11 @@ void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index s
           continue;
         }
       }
-      for (Index k = 0; k < K; ++k)  // rows contiguous (sbn == 1), or no SIMD
+      if (sbn == 1 && nv > 0) {  // each row is contiguous in n: V columns at once
+        for (Index k = 0; k < K; ++k) ei::pstore(o + k * W, load(b + k * sbk + n0, nv));
+        continue;
+      }
+      for (Index k = 0; k < K; ++k)  // past the last column, or strided both ways
         for (Index v = 0; v < V; ++v) o[k * W + v] = v < nv ? b[k * sbk + (n0 + v) * sbn] : S(0);
     }
 }
