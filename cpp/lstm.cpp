@@ -53,6 +53,7 @@ class Pool {
     static thread_local Pool pool;
     return pool;
   }
+  Pool() { blocks_.reserve(64); }  // more live blocks than this a thread never keeps
   // A 64-byte aligned block of at least `bytes`; its capacity in `cap`.
   void* take(std::size_t bytes, std::size_t& cap) {
     auto best = blocks_.end();  // the smallest kept block that is large enough
@@ -69,8 +70,8 @@ class Pool {
     if (!p) throw std::bad_alloc();
     return p;
   }
-  void give(void* p, std::size_t cap) {
-    if (cap > kPoolBytes) return std::free(p);
+  void give(void* p, std::size_t cap) noexcept {  // (from destructors: never throws)
+    if (cap > kPoolBytes || blocks_.size() == blocks_.capacity()) return std::free(p);
     while (kept_ + cap > kPoolBytes) {  // make room: drop the largest kept block
       auto big = std::max_element(blocks_.begin(), blocks_.end(),
                                   [](const Block& a, const Block& b) { return a.cap < b.cap; });
@@ -413,7 +414,8 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
   auto crow_ = [&](Index m) { return c + (crow ? crow[m] : m) * ldc; };  // row m of C
   for (Index it = i0; it < i1; ++it) {
     const Index g = it / nc, ch = it % nc;
-    const Index m0 = std::min(M, units * ch / nc * kMR), m1 = std::min(M, units * (ch + 1) / nc * kMR);
+    const Index m0 = std::min(M, units * ch / nc * kMR);
+    const Index m1 = std::min(M, units * (ch + 1) / nc * kMR);
     for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
       const Index kb = std::min(kKC<S>, K - k0);
       if (!a_rows)  // ap[k][m - m0] = A(m, k0 + k)
