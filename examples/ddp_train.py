@@ -20,9 +20,11 @@ process uses one thread (torch's and lstmx's): set ``--world-size`` to at most t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import socket
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -74,45 +76,59 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_process(rank: int, world_size: int, port: int, timeout_s: float = 60.0) -> None:
-    """One thread per process (torch's and lstmx's), then join the gloo process group."""
+@contextlib.contextmanager
+def process_group(rank: int, world_size: int, port: int,
+                  timeout_s: float = 60.0) -> Iterator[None]:
+    """One thread per process (torch's and lstmx's), in the gloo process group while inside.
+
+    On leaving normally it waits for every rank before destroying the group: a rank that tears
+    gloo down while another is still finishing an all-reduce can make that one abort. Build
+    DistributedDataParallel models inside a function called within, so that they (and their
+    reference to the group) are gone before it is destroyed."""
     torch.set_num_threads(1)
     lstmx.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def train(rank: int, world_size: int, port: int, args: argparse.Namespace) -> None:
-    """One process's training loop (the target of ``mp.spawn``; ``rank`` comes first)."""
-    init_process(rank, world_size, port)
-    try:
-        torch.manual_seed(args.seed)  # the same initial weights (DDP also broadcasts rank 0's)
-        model = DistributedDataParallel(Model(hidden=args.hidden))
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-        data = TensorDataset(make_data(args.samples, seed=args.seed))
-        sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=args.seed, drop_last=True)
-        loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    """One process (the target of ``mp.spawn``; ``rank`` comes first)."""
+    with process_group(rank, world_size, port):
+        train_loop(rank, world_size, args)
+
+
+def train_loop(rank: int, world_size: int, args: argparse.Namespace) -> None:
+    """One process's training loop, in the process group."""
+    torch.manual_seed(args.seed)  # the same initial weights (DDP also broadcasts rank 0's)
+    model = DistributedDataParallel(Model(hidden=args.hidden))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    data = TensorDataset(make_data(args.samples, seed=args.seed))
+    sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    if rank == 0:
+        print(f"{world_size} processes (gloo), {len(loader)} steps per epoch of "
+              f"{args.batch_size} sequences each", flush=True)
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
+        total = torch.zeros(2, dtype=torch.float64)  # [sum of losses, steps]
+        for (seqs,) in loader:
+            opt.zero_grad()
+            loss = loss_fn(model, seqs)
+            loss.backward()  # lstmx's backward; DDP all-reduces (averages) the gradients
+            opt.step()
+            total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+        dist.all_reduce(total)  # over every rank
         if rank == 0:
-            print(f"{world_size} processes (gloo), {len(loader)} steps per epoch of "
-                  f"{args.batch_size} sequences each", flush=True)
-        t0 = time.perf_counter()
-        for epoch in range(args.epochs):
-            sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
-            total = torch.zeros(2, dtype=torch.float64)  # [sum of losses, steps]
-            for (seqs,) in loader:
-                opt.zero_grad()
-                loss = loss_fn(model, seqs)
-                loss.backward()  # lstmx's backward; DDP all-reduces (averages) the gradients
-                opt.step()
-                total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            dist.all_reduce(total)  # over every rank
-            if rank == 0:
-                print(f"epoch {epoch + 1:3d}  loss {total[0].item() / total[1].item():.4f}  "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    finally:
-        dist.destroy_process_group()
+            print(f"epoch {epoch + 1:3d}  loss {total[0].item() / total[1].item():.4f}  "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,31 +35,33 @@ def full_batch() -> Any:
 
 
 def grad_worker(rank: int, port: int, out: Path) -> None:
-    """One rank: its half of the batch through DDP, float64. Saves the gradients of its local
-    loss alone (``no_sync``) and after DDP's all-reduce, by parameter name."""
+    """One rank, in the example's process group."""
+    ex = load_example()
+    with ex.process_group(rank, WORLD, port, timeout_s=TIMEOUT_S / 2):
+        save_grads(ex, rank, out)
+
+
+def save_grads(ex: ModuleType, rank: int, out: Path) -> None:
+    """Its half of the batch through DDP, float64. Saves the gradients of its local loss alone
+    (``no_sync``) and after DDP's all-reduce, by parameter name."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    ex = load_example()
-    ex.init_process(rank, WORLD, port, timeout_s=TIMEOUT_S / 2)
-    try:
-        torch.manual_seed(0)
-        model = ex.Model(layers=LAYERS).double()
-        ddp = DistributedDataParallel(model)
-        shard = full_batch().chunk(WORLD)[rank]  # [BATCH / WORLD, T + 1]
-        grads: dict[str, np.ndarray] = {}
-        for kind in ("local", "synced"):
-            model.zero_grad(set_to_none=True)
-            if kind == "local":
-                with ddp.no_sync():
-                    ex.loss_fn(ddp, shard).backward()
-            else:  # the mean loss of each rank: DDP's average is the full batch's mean
+    torch.manual_seed(0)
+    model = ex.Model(layers=LAYERS).double()
+    ddp = DistributedDataParallel(model)
+    shard = full_batch().chunk(WORLD)[rank]  # [BATCH / WORLD, T + 1]
+    grads: dict[str, np.ndarray] = {}
+    for kind in ("local", "synced"):
+        model.zero_grad(set_to_none=True)
+        if kind == "local":
+            with ddp.no_sync():
                 ex.loss_fn(ddp, shard).backward()
-            grads.update({f"{kind}/{n}": p.grad.numpy().copy()
-                          for n, p in model.named_parameters()})
-        np.savez(out / f"rank{rank}.npz", **grads)
-    finally:
-        torch.distributed.destroy_process_group()
+        else:  # the mean loss of each rank: DDP's average is the full batch's mean
+            ex.loss_fn(ddp, shard).backward()
+        grads.update({f"{kind}/{n}": p.grad.numpy().copy()
+                      for n, p in model.named_parameters()})
+    np.savez(out / f"rank{rank}.npz", **grads)
 
 
 def test_ddp_gradients_equal_full_batch_gradients(tmp_path: Path) -> None:
