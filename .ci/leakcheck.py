@@ -1,8 +1,9 @@
 """CI's leak pass: call every lstmx kernel, under LeakSanitizer (see .ci/run).
 
 ``python .ci/leakcheck.py`` calls every kernel once: each ISA level, float32 and float64, the
-fast and the naive cell kernels, inference, training and backward, the cell step and the layer,
-both layouts, 1 and 2 threads, zero-sized inputs, and calls refused with an exception.
+fast and the naive cell kernels, inference, training and backward, the cell step and the layer
+(frozen too), both layouts, 1 and 2 threads, zero-sized inputs, and calls refused with an
+exception.
 
 ``python .ci/leakcheck.py --report LOG...`` reads LeakSanitizer's logs of that run and fails if
 any leak was allocated by lstmx code (an lstmx frame in its allocation stack). CPython and
@@ -77,7 +78,8 @@ def call_every_kernel() -> int:
                        dict(layer_norm=True)):
                 s = lstmx.LSTM(5, 7, seed=1, **kw)
                 s.step(np.ones((3, 5), np.float32), s.step(np.ones((3, 5), np.float32))[1])
-                calls += 2
+                s.freeze()(np.ones((4, 3, 5), np.float32))  # weights packed once
+                calls += 3
             calls += 3
     # Refused calls: every check, in Python and in lstmx._core, exits through an exception.
     x = np.ones((3, 2, 4), np.float32)
@@ -98,6 +100,9 @@ def call_every_kernel() -> int:
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True, True, clip=1.0),
         lambda: _core.step(x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 5), np.float32),
                            [(w_ih, w_hh[:, :4], None, None, None, None)]),
+        lambda: _core.forward(x[..., :3].copy(), w_ih[:, :3].copy(), w_hh, None, None, None,
+                              False, False, packed=_core.pack(w_ih, w_hh)),
+        lambda: _core.pack(w_ih, w_hh[:, :4].copy()),
         lambda: _core.set_num_threads(0),
         lambda: _core.set_isa("none"),
         lambda: lstmx.LSTM(2**40, 2**40),

@@ -116,6 +116,22 @@ struct Cache {
   std::size_t nbytes() const { return k->cache_nbytes(p); }
 };
 
+// Weights packed for the forward kernels (lstmx.h, Packed), made and freed by one ISA module.
+template <typename S>
+struct Packed {
+  Index I, H, P;
+  const lstmx::KernelTable<S>* k;
+  std::string isa;
+  lstmx::Packed<S>* p;
+  Packed(const Dims& d, const lstmx::KernelTable<S>& kt, const char* isa_name, const S* w_ih,
+         const S* w_hh, const S* w_hr)
+      : I(d.I), H(d.H), P(d.P), k(&kt), isa(isa_name),
+        p(kt.packed_new(lstmx::num_threads(), d, w_ih, w_hh, w_hr)) {}
+  ~Packed() { k->packed_free(p); }
+  Packed(const Packed&) = delete;
+  Packed& operator=(const Packed&) = delete;
+};
+
 // The variants of one call (lstmx.h, Options), as passed by lstmx.functional.
 struct Variant {
   py::object lengths = py::none(), peephole = py::none(), w_hr = py::none();
@@ -123,6 +139,7 @@ struct Variant {
   bool reverse = false, input_forget = false;
   double clip = 0, zoneout_h = 0, zoneout_c = 0, recurrent_dropout = 0;
   std::uint64_t seed = 0, stream = 0;
+  py::object packed = py::none();  // a Packed_f32/f64 of these weights, or None
 };
 
 // ln: receives the layer-norm arrays, concatenated (Options::ln points at it).
@@ -193,13 +210,29 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   auto y = out<S>({x.shape(0), x.shape(1), R});
   auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
   S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
+  const auto& kt = table<S>(lstmx::backend());
+  const lstmx::Packed<S>* pk = nullptr;
+  if (!v.packed.is_none()) {
+    if (!py::isinstance<Packed<S>>(v.packed))
+      throw py::type_error(std::string("packed: expected weights packed in ") +
+                           (sizeof(S) == 4 ? "float32" : "float64"));
+    const auto& w = v.packed.cast<const Packed<S>&>();
+    if (w.I != d.I || w.H != d.H || w.P != d.P)
+      throw py::value_error("packed: made for I, H, P = " + std::to_string(w.I) + ", " +
+                            std::to_string(w.H) + ", " + std::to_string(w.P) + ", got " +
+                            std::to_string(d.I) + ", " + std::to_string(d.H) + ", " +
+                            std::to_string(d.P));
+    if (w.k != &kt)
+      throw py::value_error("packed: made by the " + w.isa + " kernels, but " +
+                            lstmx::backend().isa + " is active now: pack (freeze) again");
+    pk = w.p;
+  }
   std::shared_ptr<Cache<S>> cache;
   {
     py::gil_scoped_release nogil;
-    const auto& kt = table<S>(lstmx::backend());
     if (training) cache = std::make_shared<Cache<S>>(d, opt, kt);
     kt.forward(kernel_of(naive), lstmx::num_threads(), d, opt, px, pwih, pwhh, pb, ph0, pc0, py_,
-               phn, pcn, cache ? cache->p : nullptr);
+               phn, pcn, cache ? cache->p : nullptr, pk);
   }
   return py::make_tuple(y, hn, cn, cache ? py::cast(cache) : py::none());
 }
@@ -305,8 +338,38 @@ py::tuple step(const py::array& x, const py::array& h, const py::array& c,
   return py::make_tuple(y, ho, co);
 }
 
+// W_ih [4H, I], W_hh [4H, R], W_hr [P, H] or None, packed by the active kernels.
 template <typename S>
-void bind_dtype(py::module_& m, const char* cache_name) {
+std::shared_ptr<Packed<S>> pack(const py::array& w_ih, const py::array& w_hh,
+                                const py::object& w_hr) {
+  if (w_ih.ndim() != 2 || w_hh.ndim() != 2 || w_hh.shape(0) % 4 || w_ih.shape(0) != w_hh.shape(0))
+    throw py::value_error("w_ih, w_hh: expected 2-D arrays [4H, I] and [4H, R]");
+  Dims d;
+  d.H = w_hh.shape(0) / 4, d.I = w_ih.shape(1);
+  if (!w_hr.is_none()) {
+    d.P = w_hh.shape(1);
+    if (d.P == 0 || d.P >= d.H) throw py::value_error("w_hr: expected 0 < P < H");
+  } else if (w_hh.shape(1) != d.H) {
+    throw py::value_error("w_hh: expected shape [4H, H] without w_hr");
+  }
+  check_sizes<S>(d);
+  const S* pwih = in_ptr<S>(w_ih, "w_ih", {4 * d.H, d.I});
+  const S* pwhh = in_ptr<S>(w_hh, "w_hh", {4 * d.H, d.R()});
+  const S* pwhr = in_ptr<S>(w_hr, "w_hr", {d.P, d.H});
+  const auto& b = lstmx::backend();
+  py::gil_scoped_release nogil;
+  return std::make_shared<Packed<S>>(d, table<S>(b), b.isa, pwih, pwhh, pwhr);
+}
+
+template <typename S>
+void bind_dtype(py::module_& m, const char* cache_name, const char* packed_name) {
+  py::class_<Packed<S>, std::shared_ptr<Packed<S>>>(
+      m, packed_name, "Weights packed for the forward kernels (lstmx.h, Packed).")
+      .def_property_readonly("I", [](const Packed<S>& w) { return w.I; })
+      .def_property_readonly("H", [](const Packed<S>& w) { return w.H; })
+      .def_property_readonly("P", [](const Packed<S>& w) { return w.P; })
+      .def_property_readonly("isa", [](const Packed<S>& w) { return w.isa; })
+      .def_property_readonly("nbytes", [](const Packed<S>& w) { return w.k->packed_nbytes(w.p); });
   py::class_<Cache<S>, std::shared_ptr<Cache<S>>>(m, cache_name,
                                                   "Forward workspace kept for backward.")
       .def_property_readonly("T", [](const Cache<S>& c) { return c.d.T; })
@@ -334,9 +397,9 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
                       bool reverse, const py::object& w_hr, const py::object& peephole,
                       double clip, bool input_forget, double zoneout_h, double zoneout_c,
                       double recurrent_dropout, std::uint64_t seed, std::uint64_t stream,
-                      const py::object& layer_norm) {
+                      const py::object& layer_norm, const py::object& packed) {
   const Variant v{lengths,   peephole,  w_hr,      layer_norm,        reverse, input_forget,
-                  clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream};
+                  clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream, packed};
   if (py::isinstance<py::array_t<float>>(x))
     return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
   if (py::isinstance<py::array_t<double>>(x))
@@ -348,8 +411,15 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstmx private compiled core. Use the public `lstmx` package instead.";
-  bind_dtype<float>(m, "Cache_f32");
-  bind_dtype<double>(m, "Cache_f64");
+  bind_dtype<float>(m, "Cache_f32", "Packed_f32");
+  bind_dtype<double>(m, "Cache_f64", "Packed_f64");
+  m.def("pack", [](const py::array& w_ih, const py::array& w_hh, const py::object& w_hr)
+        -> py::object {
+    if (py::isinstance<py::array_t<float>>(w_hh)) return py::cast(pack<float>(w_ih, w_hh, w_hr));
+    if (py::isinstance<py::array_t<double>>(w_hh)) return py::cast(pack<double>(w_ih, w_hh, w_hr));
+    throw py::type_error("w_hh: expected a numpy array of float32 or float64");
+  }, py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr") = py::none(),
+        "The weights packed by the active kernels, for forward(..., packed=).");
   m.def("forward", &forward_any, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
         py::arg("training"), py::arg("naive") = false, py::kw_only(),
@@ -358,7 +428,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
-        py::arg("layer_norm") = py::none());
+        py::arg("layer_norm") = py::none(), py::arg("packed") = py::none());
   m.def("step", [](const py::array& x, const py::array& h, const py::array& c,
                    const py::sequence& layers, double clip, bool input_forget, double zoneout_h,
                    double zoneout_c) {

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -63,6 +64,17 @@ void huge_pages(Mat<S>& m) {
   huge_pages(m.data(), std::size_t(m.size()) * sizeof(S));
 }
 
+// A 64-byte aligned block of at least `bytes` (free with std::free); its capacity in `cap`.
+// From kHuge bytes, whole huge pages.
+inline void* alloc_block(std::size_t bytes, std::size_t& cap) {
+  const std::size_t align = bytes >= kHuge ? kHuge : 64;
+  cap = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, cap);
+  if (!p) throw std::bad_alloc();
+  if (align == kHuge) huge_pages(p, cap);
+  return p;
+}
+
 // Scratch blocks that outlive a call. Large per-call buffers (the packed weights, a chunk's
 // projection) would otherwise come from fresh pages every call, and faulting in tens of MiB
 // costs as much as the step loop at small B; small ones would cost malloc's locks and heap
@@ -87,12 +99,7 @@ class Pool {
       blocks_.erase(best);
       return p;
     }
-    const std::size_t align = bytes >= kHuge ? kHuge : 64;  // large blocks: whole huge pages
-    cap = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
-    void* p = std::aligned_alloc(align, cap);
-    if (!p) throw std::bad_alloc();
-    if (align == kHuge) huge_pages(p, cap);
-    return p;
+    return alloc_block(bytes, cap);
   }
   void give(void* p, std::size_t cap) noexcept {  // (from destructors: never throws)
     if (cap > kPoolBytes || blocks_.size() == blocks_.capacity()) return std::free(p);
@@ -773,7 +780,71 @@ std::size_t Cache<S>::nbytes() const {
                                                 rstd.size());
 }
 
+// Panels [p0, p1) of W_ih^T and W_hh^T (Gates), and [r0, r1) of W_hr^T (Plain, with d.P), as the
+// forward kernels read them: wi [np, I, 4V], wh [np, R, 4V], whr [npr, H, 4V].
+template <typename S>
+void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S* w_ih,
+                  const S* w_hh, const S* w_hr, S* wi, S* wh, S* whr) {
+  const Index G = 4 * d.H, R = d.R();
+  pack<S>(Panels::Gates, p0, p1, d.I, G, w_ih, 1, d.I, wi);  // W_ih^T
+  pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh);      // W_hh^T
+  if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr);  // W_hr^T
+}
+
+template <typename S>
+struct Packed {
+  Index I, H, P;
+  std::size_t cap[3] = {};
+  S* w[3] = {};  // wi, wh, whr as pack_forward writes them, on huge pages
+  explicit Packed(const Dims& d) : I(d.I), H(d.H), P(d.P) {
+    constexpr Index W = 4 * kV<S>;
+    const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
+    const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+    const Index n[3] = {np * d.I * W, np * d.R() * W, npr * d.H * W};
+    try {
+      for (int k = 0; k < 3; ++k)
+        w[k] = static_cast<S*>(alloc_block(std::size_t(n[k]) * sizeof(S), cap[k]));
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~Packed() { release(); }
+  Packed(const Packed&) = delete;
+  Packed& operator=(const Packed&) = delete;
+  void release() {
+    for (S*& p : w) std::free(p), p = nullptr;
+  }
+};
+
 namespace {
+
+// The forward kernels' packed weights: a Packed's, or per-call blocks that fill() packs.
+template <typename S>
+struct Weights {
+  Buf<S> own[3];
+  const S *wi, *wh, *whr;
+  Weights(const Dims& d, const Packed<S>* packed) {
+    if (packed) {
+      if (packed->I != d.I || packed->H != d.H || packed->P != d.P)
+        throw std::invalid_argument("packed: made for other sizes");
+      wi = packed->w[0], wh = packed->w[1], whr = packed->w[2];
+      return;
+    }
+    constexpr Index W = 4 * kV<S>;
+    const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
+    const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+    own[0].resize(np * d.I * W), own[1].resize(np * d.R() * W), own[2].resize(npr * d.H * W);
+    wi = own[0].data(), wh = own[1].data(), whr = own[2].data();
+  }
+  // This thread's panels (see pack_forward), unless they came packed.
+  void fill(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S* w_ih, const S* w_hh,
+            const S* w_hr) const {
+    if (own[1].data())
+      pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, own[0].data(), own[1].data(),
+                   own[2].data());
+  }
+};
 // Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies what
 // backward reads into the cache. Returns false when there is nothing to compute.
 template <typename S>
@@ -994,7 +1065,7 @@ void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs
 template <typename S>
 void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& opt, const S* x,
                   const S* w_ih, const S* w_hh, const S* bias, const S* h0, const Mat<S>& md,
-                  S* y, const S* h_n, S* c_n, Cache<S>* cache) {
+                  S* y, const S* h_n, S* c_n, Cache<S>* cache, const Packed<S>* packed) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H;
@@ -1006,8 +1077,9 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const Chunks ch(q);
   const Index R = d.R(), npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
   const bool proj = d.P > 0;
-  // Buffers, sized once: packed weights, the projection of a chunk and r_t (inference only).
-  Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
+  // Buffers, sized once: packed weights (unless given), the projection of a chunk and r_t
+  // (inference only).
+  const Weights<S> pw(d, packed);
   Buf<S> scratch(cache ? 0 : ch.rows * G), rs(cache || !proj ? 0 : B * H);
   S* gates = cache ? cache->gates.data() : scratch.data();  // [N, 4H] or [rows, 4H]
   const bool training = cache != nullptr;
@@ -1020,11 +1092,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
-    err.run([&] {
-      pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
-      pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh.data());  // W_hh^T
-      if (proj) pack<S>(Panels::Plain, pr0, pr1, H, d.P, opt.w_hr, 1, H, whr.data());  // W_hr^T
-    });
+    err.run([&] { pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr); });
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
@@ -1036,7 +1104,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
           for (Index p = p0; p < p1; ++p) {
             const Index j0 = p * V, nv = std::min(V, H - j0);
             panel_rows<S>(
-                nr, I, wi.data() + p * I * W,
+                nr, I, pw.wi + p * I * W,
                 [&](Index i) __attribute__((always_inline)) {
                   return training ? cache->x.data() + (pa + i) * I : x + q.row[pa + i] * I;
                 },
@@ -1061,7 +1129,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
         for (Index p = p0; p < p1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);  // units [j0, j0 + nv)
           panel_rows<S>(
-              Bs, s || h0 ? R : 0, wh.data() + p * R * W,  // h_{-1} = 0 adds nothing
+              Bs, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index k) __attribute__((always_inline)) {
                 return training ? cache->hprev.data() + (q.off[s] + k) * R : hprev(k);
               },
@@ -1098,7 +1166,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
           for (Index p = pr0; p < pr1; ++p) {
             const Index u0 = p * W;  // units [u0, u0 + 4V) of P
             panel_rows<S>(
-                Bs, H, whr.data() + p * H * W,
+                Bs, H, pw.whr + p * H * W,
                 [&](Index k) __attribute__((always_inline)) {
                   return training ? cache->r.data() + (q.off[s] + k) * H : rs.data() + k * H;
                 },
@@ -1244,7 +1312,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
 template <typename S>
 void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt, const S* x,
                 const S* w_ih, const S* w_hh, const S* bias, const S* h0, const Mat<S>& md,
-                S* y, const S* h_n, S* c_n, Cache<S>* cache) {
+                S* y, const S* h_n, S* c_n, Cache<S>* cache, const Packed<S>* packed) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index T = d.T, B = d.B, I = d.I, H = d.H, G = 4 * H, R = d.R();
@@ -1253,7 +1321,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
   const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
   const bool training = cache != nullptr, proj = d.P > 0, zc = opt.zoneout_c > 0;
   const S *gx = opt.ln, *gh = gx + G, *gc = gh + G, *bc = gc + H;  // [4H], [4H], [H], [H]
-  Buf<S> wi(np * I * W), wh(np * R * W), whr(npr * H * W);
+  const Weights<S> pw(d, packed);
   // Inference scratch: x W_ih^T of Tc steps [Tc B, 4H]; h W_hh^T, then the gates, of a step
   // [B, 4H]; c_t, then LN(c_t) [B, H]; r [B, H]. Training keeps them in the cache.
   Buf<S> sx(training ? 0 : Tc * B * G), sh(training ? 0 : B * G), sc(training ? 0 : B * H);
@@ -1269,9 +1337,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, pr0, pr1);
     err.run([&] {
-      pack<S>(Panels::Gates, p0, p1, I, G, w_ih, 1, I, wi.data());  // W_ih^T
-      pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh.data());  // W_hh^T
-      if (proj) pack<S>(Panels::Plain, pr0, pr1, H, d.P, opt.w_hr, 1, H, whr.data());  // W_hr^T
+      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr);
     });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
@@ -1289,7 +1355,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             for (Index t = s; t < std::min(T, s + Tc); ++t) {
               const Index a = q.off[t] + e0;
               panel_rows<S>(
-                  rows(t), I, wi.data() + p * I * W,
+                  rows(t), I, pw.wi + p * I * W,
                   [&](Index i) __attribute__((always_inline)) {
                     return training ? cache->x.data() + (a + i) * I : x + q.row[a + i] * I;
                   },
@@ -1312,7 +1378,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
         for (Index p = 0; p < np; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);
           panel_rows<S>(
-              n, s || h0 ? R : 0, wh.data() + p * R * W,  // h_{-1} = 0 adds nothing
+              n, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index i) __attribute__((always_inline)) {
                 return training ? cache->hprev.data() + (a + i) * R : hprev(e0 + i);
               },
@@ -1366,7 +1432,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
         for (Index p = 0; p < npr; ++p) {  // h = r W_hr^T
           const Index u0 = p * W;          // units [u0, u0 + 4V) of P
           panel_rows<S>(
-              n, H, whr.data() + p * H * W,
+              n, H, pw.whr + p * H * W,
               [&](Index i) __attribute__((always_inline)) {
                 return training ? cache->r.data() + (a + i) * H : rs.data() + (e0 + i) * H;
               },
@@ -1615,7 +1681,7 @@ void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, In
 template <typename S>
 void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, const S* x,
                   const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
-                  S* h_n, S* c_n, Cache<S>* cache) {
+                  S* h_n, S* c_n, Cache<S>* cache, const Packed<S>* packed) {
   if (k == Kernel::Naive && (!opt.plain() || d.P))
     throw std::invalid_argument("kernel: the naive kernel implements lengths and reverse only");
   if (d.P && !opt.w_hr) throw std::invalid_argument("w_hr: required when P > 0");
@@ -1626,9 +1692,9 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
   if (k == Kernel::Naive)
     forward_naive(d, q, x, w_ih, w_hh, bias, y, h_n, c_n, cache);
   else if (opt.ln)
-    forward_ln(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache);
+    forward_ln(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache, packed);
   else
-    forward_fast(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache);
+    forward_fast(threads, d, q, opt, x, w_ih, w_hh, bias, h0, md, y, h_n, c_n, cache, packed);
   end_forward(d, q, y, h_n, c_n, cache);
 }
 
@@ -1762,6 +1828,21 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
 
 // ---- The exported table -------------------------------------------------------------------------
 namespace {
+template <typename S>
+Packed<S>* packed_new(int threads, const Dims& d, const S* w_ih, const S* w_hh, const S* w_hr) {
+  if (d.P && !w_hr) throw std::invalid_argument("w_hr: required when P > 0");
+  auto pk = std::make_unique<Packed<S>>(d);
+  const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
+  const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+  with_team(threads, np, 2.0 * 4 * d.H * (d.I + d.R()), [&](int tid, int nt, Errors& err) {
+    Index p0, p1, r0, r1;
+    share(np, nt, tid, p0, p1);
+    share(npr, nt, tid, r0, r1);
+    err.run([&] { pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, pk->w[0], pk->w[1], pk->w[2]); });
+  });
+  return pk.release();
+}
+
 // Test hook: the fast kernels' sigmoid and tanh, elementwise over n values.
 template <typename S>
 void activations(Index n, const S* x, S* sig, S* th) {
@@ -1778,8 +1859,10 @@ template <typename S>
 KernelTable<S> table() {
   return {[](const Dims& d, const Options<S>& o) { return new Cache<S>(d, o); },
           [](Cache<S>* c) { delete c; },
-          [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &lstm_backward<S>,
-          &lstm_step<S>, &activations<S>};
+          [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &packed_new<S>,
+          [](Packed<S>* p) { delete p; },
+          [](const Packed<S>* p) { return p->cap[0] + p->cap[1] + p->cap[2]; },
+          &lstm_backward<S>, &lstm_step<S>, &activations<S>};
 }
 #ifndef LSTMX_ISA_NAME
 #define LSTMX_ISA_NAME "generic"

@@ -167,6 +167,14 @@ struct Cache {
   std::size_t nbytes() const;
 };
 
+// Weights packed once for the fast forward kernels (the panels of W_ih^T, W_hh^T and W_hr^T
+// that they otherwise pack at the start of every call): for inference on fixed weights, as an
+// inference server runs (ONNX Runtime packs at session creation). Opaque; made and freed by the
+// ISA module whose kernels read it (the panel width is the module's SIMD width). The layout
+// does not depend on the thread count.
+template <typename S>
+struct Packed;
+
 // ---- The sequence: forward and backward through time ---------------------------------------
 
 // x [T,B,I] or [B,T,I]; h0 [B, R], c0 [B, H] or nullptr (zeros); bias [4H] or nullptr.
@@ -174,10 +182,12 @@ struct Cache {
 // kept, plus a scratch for the input projection of about 192 tokens; otherwise cache
 // (constructed with the same dims and options) is filled for backward, and masks are random.
 // The naive kernel implements lengths and reverse but no other option (std::invalid_argument).
+// packed (or nullptr: pack per call) must hold w_ih, w_hh and opt.w_hr, packed for d's sizes;
+// the fast kernels then read the weights from it only.
 template <typename S>
 void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, const S* x,
                   const S* w_ih, const S* w_hh, const S* bias, const S* h0, const S* c0, S* y,
-                  S* h_n, S* c_n, Cache<S>* cache);
+                  S* h_n, S* c_n, Cache<S>* cache, const Packed<S>* packed = nullptr);
 
 // What backward writes. db is the gradient of b_ih and of b_hh alike; dpeep and dw_hr are
 // written when the forward pass had peepholes, a projection or layer norm.
@@ -234,7 +244,12 @@ struct KernelTable {
   void (*cache_free)(Cache<S>*);
   std::size_t (*cache_nbytes)(const Cache<S>*);
   void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
-                  const S*, const S*, const S*, S*, S*, S*, Cache<S>*);
+                  const S*, const S*, const S*, S*, S*, S*, Cache<S>*, const Packed<S>*);
+  // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] (d.P > 0) packed for d's I, H and P, by threads.
+  Packed<S>* (*packed_new)(int threads, const Dims& d, const S* w_ih, const S* w_hh,
+                           const S* w_hr);
+  void (*packed_free)(Packed<S>*);
+  std::size_t (*packed_nbytes)(const Packed<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, const Grads<S>&);
   void (*step)(int, const Dims&, Index, const StepLayer<S>*, const Options<S>&, const S*,
                const S*, const S*, S*, S*);
@@ -242,7 +257,7 @@ struct KernelTable {
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 5;
+constexpr int kBackendAbi = 6;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

@@ -55,19 +55,22 @@ def test_tiny_run_writes_json_and_plot(torch: Any, tmp_path: Path,
     assert [(r["config"]["name"], r["mode"]) for r in rows] == [("tiny", "infer"),
                                                                 ("tiny", "train")]
     for r in rows:
-        impls = {"lstmx", "torch", "reference"} | ({"onnxruntime"} if with_ort
-                                                   and r["mode"] == "infer" else set())
-        assert set(r["impls"]) == impls
+        peers = {"torch", "reference"} | ({"onnxruntime"} if with_ort
+                                          and r["mode"] == "infer" else set())
+        ours = {"lstmx", "frozen"} if r["mode"] == "infer" else {"lstmx"}
+        assert set(r["impls"]) == ours | peers
         assert all(t["median_s"] > 0 and t["gflops"] > 0 and t["reps"] == 2
                    for t in r["impls"].values())
         assert r["gemm_gflops"] > 0 and r["pct_of_gemm"] > 0
-        assert set(r["speedup_vs"]) == impls - {"lstmx"}
+        assert set(r["speedup_vs"]) == peers
         assert all(v > 0 for v in r["speedup_vs"].values())
         best = {k: v for k, v in r["speedup_vs"].items() if k in bench.BEST_OF}
         assert r["best_peer"] in best and r["speedup_vs_best"] == min(best.values())
+        frozen = r["frozen_speedup_vs_best"]
+        assert (frozen is not None and frozen > 0) == (r["mode"] == "infer")
     # Every peer computed what lstmx computes (ONNX Runtime: with its gates reordered).
     diffs = doc["max_rel_diff"]["tiny"]
-    assert ("onnxruntime_y" in diffs) == with_ort
+    assert ("onnxruntime_y" in diffs) == with_ort and "frozen_y" in diffs
     assert all(0 <= v < 1e-3 for v in diffs.values()), diffs
     diffs = doc["float64"]["max_rel_diff"]["tiny"]
     assert "torch_dw_hh" in diffs and all(0 <= v < 1e-9 for v in diffs.values()), diffs
@@ -82,11 +85,11 @@ def test_tiny_run_writes_json_and_plot(torch: Any, tmp_path: Path,
     assert all(b >= 0 for b in mem["bytes"].values())  # growth: a tiny step may need no page
     assert mem["bytes"]["torch"] > 0 and mem["ratio"] >= 0
     targets = doc["targets"]
-    assert len(targets) == 8 and [t["target"][:3] for t in targets] == [
-        "(1)", "(1)", "(1)", "(2)", "(2)", "(3)", "(4)", "(5)"]
-    # Measured: all but the one on b1-h128.
-    assert [t["met"] is not None for t in targets] == [True, True, False, True, True, True,
-                                                       True, True]
+    assert len(targets) == 10 and [t["target"][:3] for t in targets] == [
+        "(1)", "(1)", "(1)", "(1)", "(1)", "(2)", "(2)", "(3)", "(4)", "(5)"]
+    # Measured: all but the two on b1-h128.
+    assert [t["met"] is not None for t in targets] == [True, True, False, True, False, True,
+                                                       True, True, True, True]
 
 
 def test_config_specs() -> None:

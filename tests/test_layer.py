@@ -308,6 +308,113 @@ def test_variants_reach_the_kernels(variant: dict[str, Any], with_lengths: bool,
     assert random == (not np.array_equal(y7, m.forward_train(x, (h0, c0), lengths, seed=8)[0]))
 
 
+FROZEN_VARIANTS = STACK_VARIANTS + [
+    dict(num_layers=2, proj_size=2, layer_norm=True, peephole=True, zoneout_h=0.2),
+    dict(proj_size=3, reverse=True, clip=0.5, zoneout_c=0.3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", FROZEN_VARIANTS, ids=lambda v: ",".join(v))
+def test_frozen_layer_computes_the_layers_inference_bitwise(variant: dict[str, Any],
+                                                           dtype: Any) -> None:
+    m = lstmx.LSTM(3, 4, dtype=dtype, seed=11, **variant)
+    f = m.freeze()
+    rng = np.random.default_rng(13)
+    T, B, LD, R = 6, 4, m.num_layers * (2 if m.bidirectional else 1), m.proj_size or 4
+    x = rng.standard_normal((B, T, 3) if m.batch_first else (T, B, 3)).astype(dtype)
+    hx = (rng.standard_normal((LD, B, R)).astype(dtype),
+          rng.standard_normal((LD, B, 4)).astype(dtype))
+    for args in ((x,), (x, hx), (x, hx, np.array([4, 6, 0, 1])), (x[:, 0] if m.batch_first
+                                                                  else x[:, 0].copy(),)):
+        (y, (hn, cn)), (ye, (hne, cne)) = f(*args), m(*args)
+        for name, a, b in zip(("y", "h_n", "c_n"), (y, hn, cn), (ye, hne, cne)):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert f.nbytes > 0 and repr(f) == f"FrozenLSTM({m!r})"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frozen_layer_on_every_isa(isa: str, threads: int) -> None:
+    """Several panels (H = 130), both threads at work: packed once equals packed per call."""
+    m = lstmx.LSTM(70, 130, 2, proj_size=33, seed=3)
+    x = np.random.default_rng(4).standard_normal((5, 3, 70)).astype(np.float32)
+    old = lstmx.get_num_threads()
+    lstmx.set_num_threads(threads)
+    try:
+        f = m.freeze()
+        np.testing.assert_array_equal(f(x)[0], m(x)[0])
+    finally:
+        lstmx.set_num_threads(old)
+
+
+def test_frozen_layer_is_a_snapshot_and_pickles() -> None:
+    m = lstmx.LSTM(3, 4, 2, bidirectional=True, peephole=True, seed=5)
+    x = np.random.default_rng(6).standard_normal((5, 2, 3)).astype(np.float32)
+    y0 = m(x)[0]
+    f = m.freeze()
+    m.weight_hh_l1 *= 2  # in place, after freezing: the snapshot does not see it
+    m.bias_ih_l0 = m.bias_ih_l0 + 1
+    assert not np.allclose(m(x)[0], y0)
+    np.testing.assert_array_equal(f(x)[0], y0)
+    g = pickle.loads(pickle.dumps(f))
+    assert isinstance(g, lstmx.FrozenLSTM)
+    np.testing.assert_array_equal(g(x)[0], y0)
+
+
+def test_frozen_layer_refuses_bad_input() -> None:
+    f = lstmx.LSTM(3, 4, 2).freeze()
+    with pytest.raises(ValueError, match=r"x: expected 3 input features.*\(5, 2, 2\)"):
+        f(np.zeros((5, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="x: dtype float64 does not match"):
+        f(np.zeros((5, 2, 3)))
+    with pytest.raises(ValueError, match=r"h0: expected shape .* = \(2, 2, 4\)"):
+        f(np.zeros((5, 2, 3), np.float32), (np.zeros((1, 2, 4), np.float32),) * 2)
+    with pytest.raises(ValueError, match="lengths"):
+        f(np.zeros((5, 2, 3), np.float32), None, [6, 1])
+    with pytest.raises(TypeError, match="layer: expected an lstmx.LSTM, got dict"):
+        lstmx.FrozenLSTM({})  # type: ignore[arg-type]
+
+
+def test_packed_weights_are_checked() -> None:
+    x = np.ones((2, 3, 5), np.float32)
+    w_ih, w_hh = np.ones((24, 5), np.float32), np.ones((24, 6), np.float32)
+    pk = _core.pack(w_ih, w_hh)
+    assert (pk.I, pk.H, pk.P, pk.isa) == (5, 6, 0, lstmx.config()["isa"])
+    with pytest.raises(ValueError, match=r"packed: made for I, H, P = 5, 6, 0, got 4, 6, 0"):
+        _core.forward(x[..., :4].copy(), w_ih[:, :4].copy(), w_hh, None, None, None, False,
+                      False, packed=pk)
+    with pytest.raises(TypeError, match="packed: expected weights packed in float64"):
+        _core.forward(x.astype(np.float64), w_ih.astype(np.float64), w_hh.astype(np.float64),
+                      None, None, None, False, False, packed=pk)
+    with pytest.raises(ValueError, match=r"w_ih, w_hh: expected 2-D arrays"):
+        _core.pack(w_ih[:8], w_hh)
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \[4H, H\] without w_hr"):
+        _core.pack(w_ih, w_hh[:, :5].copy())
+    with pytest.raises(ValueError, match=r"w_hr: expected shape \(2, 6\)"):
+        _core.pack(w_ih, w_hh[:, :2].copy(), np.ones((3, 6), np.float32))
+    with pytest.raises(TypeError, match="w_hh: expected a numpy array of float32 or float64"):
+        _core.pack(w_ih, w_hh.astype(np.int32))
+    with pytest.raises(TypeError, match="w_ih: expected a numpy array of float32"):
+        _core.pack(w_ih.astype(np.float64), w_hh)
+
+
+@pytest.mark.skipif(len(lstmx.config()["isas_available"]) < 2,  # type: ignore[arg-type]
+                    reason="one ISA level on this CPU")
+def test_frozen_layer_refuses_other_kernels() -> None:
+    f = lstmx.LSTM(3, 4).freeze()
+    old = str(lstmx.config()["isa"])
+    other = [i for i in lstmx.config()["isas_available"] if i != old][0]  # type: ignore[union-attr]
+    _core.set_isa(other)
+    try:
+        with pytest.raises(ValueError, match=f"packed: made by the {old} kernels, but {other} is "
+                                             f"active now: pack \\(freeze\\) again"):
+            f(np.ones((2, 1, 3), np.float32))
+        lstmx.FrozenLSTM(f.layer)(np.ones((2, 1, 3), np.float32))  # frozen again: fine
+    finally:
+        _core.set_isa(old)
+
+
 def test_zero_lengths() -> None:
     """A sequence of length 0 (torch refuses it): y is 0, the final state is the initial one,
     and its gradient goes straight through."""

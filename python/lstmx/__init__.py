@@ -15,7 +15,7 @@ import numpy as np
 from . import _core, keras, reference
 from .functional import (LSTMGrads, Tape, lstm, lstm_backward, lstm_cell, lstm_cell_backward,
                          lstm_cell_train, lstm_train)
-from .layer import FORMAT_VERSION, LSTM, LayerTape, StreamState, load
+from .layer import FORMAT_VERSION, LSTM, FrozenLSTM, LayerTape, StreamState, load
 
 try:
     __version__ = version("lstmx")
@@ -25,7 +25,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 _MAX_THREADS: int = _core.max_threads
 
 __all__ = [
-    "LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION", "LSTMGrads", "Tape", "lstm",
+    "LSTM", "FrozenLSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION", "LSTMGrads", "Tape", "lstm",
     "lstm_train", "lstm_backward", "lstm_cell", "lstm_cell_train", "lstm_cell_backward",
     "set_num_threads", "get_num_threads", "show_config", "config", "reference", "keras",
     "__version__",

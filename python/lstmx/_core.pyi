@@ -37,13 +37,35 @@ class Cache_f32(_Cache):
 class Cache_f64(_Cache):
     """The workspace of a float64 training forward pass."""
 
+class _Packed:  # stub-only: the properties that Packed_f32 and Packed_f64 both have
+    """Weights packed for the forward kernels (lstmx.h, Packed; one class per dtype)."""
+
+    @property
+    def I(self) -> int: ...
+    @property
+    def H(self) -> int: ...
+    @property
+    def P(self) -> int: ...
+    @property
+    def isa(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+
+class Packed_f32(_Packed):
+    """float32 weights, packed."""
+
+class Packed_f64(_Packed):
+    """float64 weights, packed."""
+
+def pack(w_ih: _Array, w_hh: _Array, w_hr: _Array | None = None) -> Packed_f32 | Packed_f64:
+    """The weights packed by the active kernels, for ``forward(..., packed=)``."""
 def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Array | None,
             c0: _Array | None, batch_first: bool, training: bool, naive: bool = False, *,
             lengths: npt.NDArray[np.int64] | None = None, reverse: bool = False,
             w_hr: _Array | None = None, peephole: _Array | None = None, clip: float = 0.0,
             input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
             recurrent_dropout: float = 0.0, seed: int = 0, stream: int = 0,
-            layer_norm: tuple[_Array, ...] | None = None,
+            layer_norm: tuple[_Array, ...] | None = None, packed: _Packed | None = None,
             ) -> tuple[_Floats, _Floats, _Floats, Cache_f32 | Cache_f64 | None]:
     """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``."""
 

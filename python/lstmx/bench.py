@@ -5,8 +5,10 @@ For each configuration (input size ``I``, hidden size ``H``, batch ``B``, steps 
 mode it times, in this one process, with the same thread count and the same inputs:
 
 * ``infer``: a forward pass over the whole sequence, no workspace kept
-  (:func:`lstmx.lstm`; ``torch.nn.LSTM`` under ``torch.inference_mode()``; an ONNX Runtime
-  session holding one ONNX ``LSTM`` node; :func:`lstmx.reference.lstm_forward`);
+  (:func:`lstmx.lstm`, which packs the weights in every call, and ``frozen``: a layer made by
+  :meth:`lstmx.LSTM.freeze`, packed once; ``torch.nn.LSTM`` under ``torch.inference_mode()``;
+  an ONNX Runtime session holding one ONNX ``LSTM`` node, its weights packed when the session
+  is made; :func:`lstmx.reference.lstm_forward`);
 * ``train``: a training forward pass and backpropagation through time
   (:func:`lstmx.lstm_train` + :func:`lstmx.lstm_backward`; ``torch.nn.LSTM`` with
   ``requires_grad`` inputs + ``y.backward(dy)``; the reference's forward + backward).
@@ -63,12 +65,17 @@ __all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timin
 
 MODES = ("infer", "train")
 #: Every implementation timed, in table order; lstmx first, the others are its peers.
-IMPLS = ("lstmx", "torch", "onnxruntime", "reference")
+IMPLS = ("lstmx", "frozen", "torch", "onnxruntime", "reference")
+#: lstmx's own entries: plain calls (``lstmx.lstm``, weights packed in every call) and a frozen
+#: layer (``LSTM.freeze()``: packed once, as ONNX Runtime packs when it makes its session).
+OURS = ("lstmx", "frozen")
 #: The modes each implementation has.
-IMPL_MODES = {"lstmx": MODES, "torch": MODES, "onnxruntime": ("infer",), "reference": MODES}
+IMPL_MODES = {"lstmx": MODES, "frozen": ("infer",), "torch": MODES, "onnxruntime": ("infer",),
+              "reference": MODES}
 #: The peers lstmx must beat: "the best peer" is the fastest of these (the reference is an oracle).
 BEST_OF = ("torch", "onnxruntime")
-SHORT = {"lstmx": "lstmx", "torch": "torch", "onnxruntime": "onnxrt", "reference": "ref"}
+SHORT = {"lstmx": "lstmx", "frozen": "frozen", "torch": "torch", "onnxruntime": "onnxrt",
+         "reference": "ref"}
 
 #: The reference (one NumPy step at a time) is timed only where ``T*B*H`` is at most this.
 REFERENCE_MAX_TBH = 1_000_000
@@ -306,6 +313,24 @@ def lstmx_fns(inp: Inputs) -> dict[str, Callable[[], object]]:
     return {"infer": infer, "train": train}
 
 
+def frozen_peer(inp: Inputs, budget: Budget) -> Peer:
+    """A one-layer :class:`lstmx.LSTM` holding ``inp``'s weights, frozen (packed once);
+    inference only."""
+    G, I = inp.w_ih.shape
+    layer = lstmx.LSTM(I, G // 4, dtype=inp.x.dtype)
+    layer.load_state_dict({"weight_ih_l0": inp.w_ih, "weight_hh_l0": inp.w_hh,
+                           "bias_ih_l0": inp.b_ih, "bias_hh_l0": inp.b_hh})
+    frozen = layer.freeze()
+
+    def infer() -> object:
+        return frozen(inp.x)
+
+    def check(e: Expected) -> dict[str, float]:
+        return {"y": _rel_diff(frozen(inp.x)[0], e.y)}
+
+    return Peer({"infer": infer}, budget, check)
+
+
 def reference_peer(inp: Inputs, budget: Budget) -> Peer:
     """The NumPy reference's inference and training calls."""
 
@@ -460,7 +485,7 @@ class Env:
     def impls(self, cfg: BenchConfig, dtype: np.dtype[Any],
               wanted: Sequence[str] = IMPLS) -> list[str]:
         """The implementations of ``wanted`` that run on ``cfg`` in ``dtype``."""
-        ok = {"lstmx": True, "torch": self.torch is not None,
+        ok = {"lstmx": True, "frozen": True, "torch": self.torch is not None,
               # ONNX Runtime's CPU LSTM kernel is float32 only.
               "onnxruntime": self.ort is not None and dtype == np.float32,
               "reference": self.reference and cfg.T * cfg.B * cfg.H <= REFERENCE_MAX_TBH}
@@ -470,6 +495,8 @@ class Env:
         """``impl``'s calls on ``cfg`` with inputs ``inp``."""
         if impl == "lstmx":
             return Peer(lstmx_fns(inp), self.budget)
+        if impl == "frozen":
+            return frozen_peer(inp, self.budget)
         if impl == "torch":
             return TorchPeer.build(self.torch, cfg, inp).peer(self.budget)
         if impl == "onnxruntime":
@@ -584,6 +611,11 @@ class Row:
         best = self.best_peer()
         return None if best is None else self.speedup(best)
 
+    def frozen_speedup_best(self) -> float | None:
+        """``best_peer_time / frozen_time`` (lstmx with its weights packed once), or ``None``."""
+        best, f = self.best_peer(), self.timings.get("frozen")
+        return None if best is None or f is None else self.timings[best].median / f.median
+
     def roofline_ms(self) -> float | None:
         """The milliseconds of this row's FLOPs at the roofline GEMM's rate, or ``None``."""
         return None if not self.gemm_gflops else self.flops / self.gemm_gflops / 1e6
@@ -600,8 +632,9 @@ class Row:
                 "gemm_gflops": self.gemm_gflops,
                 "gemm": None if self.gemm is None else self.gemm.summary(2.0 * math.prod(
                     self.config.gemm_shape)),
-                "speedup_vs": {k: self.speedup(k) for k in self.timings if k != "lstmx"},
+                "speedup_vs": {k: self.speedup(k) for k in self.timings if k not in OURS},
                 "best_peer": self.best_peer(), "speedup_vs_best": self.speedup_best(),
+                "frozen_speedup_vs_best": self.frozen_speedup_best(),
                 "pct_of_gemm": self.pct_gemm()}
 
 
@@ -820,6 +853,8 @@ TARGETS = (
     "(1) f32 inference >= 1.0x the best peer on every config",
     "(1) f32 inference >= 90% of GEMM on every B>=4 config",
     "(1) f32 inference >= 2x the best peer on b1-h128",
+    "(1) f32 inference, frozen weights, >= 1.0x the best peer on every config",
+    "(1) f32 inference, frozen weights, >= 2x the best peer on b1-h128",
     "(2) f32 training >= 1.0x torch on every config",
     "(2) f32 training >= 85% of GEMM on every B>=4 config",
     "(3) 2 threads >= 1.85x 1 thread on {cfg}",
@@ -874,6 +909,9 @@ def evaluate_targets(res: Results) -> list[Target]:
         _at_least(infer, Row.speedup_best, 1.0, "x"),
         _at_least(batched(infer), Row.pct_gemm, 90.0, "%"),
         _at_least([r for r in infer if r.config.name == "b1-h128"], Row.speedup_best, 2.0, "x"),
+        _at_least(infer, Row.frozen_speedup_best, 1.0, "x"),
+        _at_least([r for r in infer if r.config.name == "b1-h128"], Row.frozen_speedup_best,
+                  2.0, "x"),
         _at_least(train, _vs_torch, 1.0, "x"),
         _at_least(batched(train), Row.pct_gemm, 85.0, "%"),
         threads,
@@ -924,7 +962,7 @@ def format_table(rows: Sequence[Row]) -> str:
     lstmx's GFLOP/s over the roofline GEMM's.
     """
     impls = [i for i in IMPLS if any(i in r.timings for r in rows)]
-    peers = impls[1:] if impls[:1] == ["lstmx"] else []
+    peers = [i for i in impls if i not in OURS] if impls[:1] == ["lstmx"] else []
     gemm = any(r.gemm_gflops for r in rows)
     cols: list[Column] = [("config", lambda r: r.config.name, _blank),
                           ("mode", lambda r: r.mode, _blank),
@@ -936,6 +974,9 @@ def format_table(rows: Sequence[Row]) -> str:
     cols += [_ratio_column(p) for p in peers]
     if sum(p in BEST_OF for p in peers) > 1:
         cols.append(("vs best", lambda r: _num(r.speedup_best(), ".2f", "x"), _blank))
+    if "frozen" in impls and any(p in BEST_OF for p in peers):
+        cols.append(("frozen vs best", lambda r: _num(r.frozen_speedup_best(), ".2f", "x"),
+                     _blank))
     if gemm:
         cols.append(("% GEMM", lambda r: _num(r.pct_gemm(), ".1f", "%"), _blank))
 
@@ -991,7 +1032,7 @@ def write_plot(rows: Sequence[Row], path: str, title: str) -> bool:
 
     names = list(dict.fromkeys(r.config.name for r in rows))
     series: list[tuple[str, Callable[[Row], float | None]]] = [
-        (i, functools.partial(Row.gflops, impl=i)) for i in IMPLS[:3]]
+        (i, functools.partial(Row.gflops, impl=i)) for i in IMPLS if i != "reference"]
     series.append(("GEMM roofline", lambda r: r.gemm_gflops))
     fig = Figure(figsize=(max(7.0, 1.2 * len(names) + 2), 7.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -1116,7 +1157,8 @@ def _header(info: dict[str, Any], dtype: np.dtype[Any], gemm_backend: str) -> st
             f"threads {info['threads']}; dtype {dtype}; GEMM roofline via {gemm_backend}\n"
             f"medians. GEMM: the same FLOPs at the roofline GEMM's rate. 'vs X': X's time / "
             f"lstmx's (>1x: lstmx faster);\n'vs best': against the faster of torch and onnxrt; "
-            f"'% GEMM': lstmx GF/s / GEMM GF/s")
+            f"'% GEMM': lstmx GF/s / GEMM GF/s; 'frozen': lstmx with its weights packed once "
+            f"(LSTM.freeze)")
 
 
 def _check_warnings(grids: Sequence[Grid]) -> list[str]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -200,10 +201,12 @@ def _physical_memory() -> int:
         return 1 << 62
 
 
-def _check_memory(names: str, nbytes: int, what: str) -> None:
-    """Refuse an allocation the machine cannot hold, before it is attempted."""
+def _check_memory(names: str, nbytes: int, what: str | Callable[[], str]) -> None:
+    """Refuse an allocation the machine cannot hold, before it is attempted (``what`` may be
+    a function, called only then)."""
     total = _physical_memory()
     if nbytes > min(total, 1 << 62):
+        what = what if isinstance(what, str) else what()
         raise MemoryError(f"{names}: {what} would need {nbytes / 2**30:.4g} GiB; this machine "
                           f"has {total / 2**30:.1f} GiB")
 

@@ -8,6 +8,7 @@ between-layer dropout in training.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -24,7 +25,7 @@ from .functional import (AnyArray, Array, ArrayLike, LSTMGrads, Tape, _c_array, 
                          _probability, _to_numpy, _uint64, _variant, lstm, lstm_backward,
                          lstm_train)
 
-__all__ = ["LSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
+__all__ = ["LSTM", "FrozenLSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 """The version of :meth:`LSTM.save`'s file layout; :func:`load` reads this version only."""
@@ -63,6 +64,13 @@ class _StepPlan(NamedTuple):
     passes: list[_StepPass]
     layers: list[tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]]
     options: tuple[float, bool, float, float]  # _core.step's clip, input_forget, zoneout h, c
+
+
+class _FrozenPass(NamedTuple):
+    """One pass's checked arguments of ``_core.forward``, its weights packed once."""
+
+    weights: tuple[Array, Array, Array | None]  # w_ih, w_hh, b_ih + b_hh
+    kw: dict[str, Any]  # the variants' keywords (but lengths and reverse) and packed
 
 
 class LayerTape:
@@ -342,8 +350,8 @@ class LSTM:
 
     # ---- forward / backward ----
     def _run(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
-             lengths: ArrayLike | None, seed: int | None, training: bool
-             ) -> tuple[Array, State, LayerTape | None]:
+             lengths: ArrayLike | None, seed: int | None, training: bool,
+             frozen: list[_FrozenPass] | None = None) -> tuple[Array, State, LayerTape | None]:
         xa, h0, c0, lens, unbatched = self._prepare(x, hx, lengths)
         D, L, H, R = self._D, self.num_layers, self.hidden_size, self._R
         T, B = (xa.shape[1], xa.shape[0]) if self.batch_first else xa.shape[:2]
@@ -351,7 +359,7 @@ class LSTM:
         rows, width = T * B, max(self.input_size, D * R)
         per_pass = rows * (width + (15 if training else 5) * H + D * R) * self.dtype.itemsize
         _check_memory("x", per_pass * (L * D if training else 1),
-                      f"{self!r} over T*B = {rows} rows")
+                      lambda: f"{self!r} over T*B = {rows} rows")  # (repr costs ~0.15 ms)
         mask_seed = 0  # the random masks' (training only)
         if training:
             mask_seed = int(self._mask_seeds.integers(2**64, dtype=np.uint64)) \
@@ -364,6 +372,14 @@ class LSTM:
             outs = []
             for d in range(D):
                 j = k * D + d
+                if frozen is not None:  # every argument but x, h0, c0 checked already
+                    fp, h0j, c0j = frozen[j], *(None if s is None else _c_array(s[j])
+                                                for s in (h0, c0))
+                    y, hn[j], cn[j], _ = _core.forward(
+                        _c_array(inp), *fp.weights, h0j, c0j, self.batch_first, False,
+                        lengths=lens, reverse=self.reverse or d == 1, **fp.kw)
+                    outs.append(y)
+                    continue
                 p = self._pass_params(k, d)
                 args = (inp, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
                         None if h0 is None else h0[j], None if c0 is None else c0[j])
@@ -407,6 +423,13 @@ class LSTM:
         return y, state
 
     forward = __call__
+
+    def freeze(self) -> FrozenLSTM:
+        """A snapshot of this layer for inference only, with its weights packed once for the
+        kernels (as ONNX Runtime packs them when it creates a session); plain calls pack them
+        in every call. Later changes to this layer's parameters do not reach the snapshot:
+        freeze again after them. Costs the parameters' memory once more."""
+        return FrozenLSTM(self)
 
     def forward_train(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
                       lengths: ArrayLike | None = None, seed: int | None = None
@@ -629,6 +652,56 @@ class LSTM:
                         and getattr(self, n) != a.default)
         extra += ", dtype=float64" if self.dtype == np.float64 else ""
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+
+
+class FrozenLSTM:
+    """An :class:`LSTM`'s inference on fixed weights (made by :meth:`LSTM.freeze`): the same
+    ``(y, (h_n, c_n)) = frozen(x, hx=None, lengths=None)`` as the layer's, bitwise, without
+    packing the weights in every call or checking them again. A snapshot: it holds its own
+    copy of the layer. Pickles (packing again on load). The packing belongs to the kernels
+    active when it was made: if they change (``_core.set_isa``), calls raise ``ValueError``
+    until the layer is frozen again."""
+
+    def __init__(self, layer: LSTM) -> None:
+        if not isinstance(layer, LSTM):
+            raise TypeError(f"layer: expected an lstmx.LSTM, got {type(layer).__name__}")
+        self.layer = copy.deepcopy(layer)
+        lay, D, R = self.layer, self.layer._D, self.layer._R
+        self._passes: list[_FrozenPass] = []
+        for k in range(lay.num_layers):
+            for d in range(D):
+                p = lay._pass_params(k, d)
+                x = np.zeros((1, 1, lay.input_size if k == 0 else D * R), lay.dtype)
+                a = _check_args(x, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                                None, None, False, False, w_hr=p["weight_hr"])
+                kw = _variant(a, False, peephole=p["peephole"], clip=lay.clip,
+                              input_forget=lay.input_forget, zoneout_h=lay.zoneout_h,
+                              zoneout_c=lay.zoneout_c, layer_norm=p["layer_norm"])
+                del kw["reverse"]
+                if a.w_hr is not None:
+                    kw["w_hr"] = a.w_hr
+                kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr)
+                self._passes.append(_FrozenPass((a.w_ih, a.w_hh, a.bias), kw))
+
+    def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
+                 lengths: ArrayLike | None = None) -> tuple[Array, State]:
+        """Inference forward, as :meth:`LSTM.__call__`: returns ``(y, (h_n, c_n))``."""
+        y, state, _ = self.layer._run(x, hx, lengths, None, False, self._passes)
+        return y, state
+
+    forward = __call__
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weights."""
+        return sum(int(fp.kw["packed"].nbytes) for fp in self._passes)
+
+    def __reduce__(self) -> tuple[Any, tuple[LSTM]]:
+        """Pickle support: the layer; the weights are packed again on load."""
+        return FrozenLSTM, (self.layer,)
+
+    def __repr__(self) -> str:
+        return f"FrozenLSTM({self.layer!r})"
 
 
 def load(path: str | os.PathLike[str] | Any) -> LSTM:
