@@ -375,9 +375,11 @@ class LSTM:
                 if frozen is not None:  # every argument but x, h0, c0 checked already
                     fp, h0j, c0j = frozen[j], *(None if s is None else _c_array(s[j])
                                                 for s in (h0, c0))
+                    fkw = fp.kw if lens is None else {**fp.kw, "lengths": lens}
+                    if self.reverse or d == 1:
+                        fkw = {**fkw, "reverse": True}
                     y, hn[j], cn[j], _ = _core.forward(
-                        _c_array(inp), *fp.weights, h0j, c0j, self.batch_first, False,
-                        lengths=lens, reverse=self.reverse or d == 1, **fp.kw)
+                        _c_array(inp), *fp.weights, h0j, c0j, self.batch_first, False, **fkw)
                     outs.append(y)
                     continue
                 p = self._pass_params(k, d)
@@ -677,10 +679,12 @@ class FrozenLSTM:
                 kw = _variant(a, False, peephole=p["peephole"], clip=lay.clip,
                               input_forget=lay.input_forget, zoneout_h=lay.zoneout_h,
                               zoneout_c=lay.zoneout_c, layer_norm=p["layer_norm"])
-                del kw["reverse"]
                 if a.w_hr is not None:
                     kw["w_hr"] = a.w_hr
                 kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr)
+                # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us a call
+                kw = {n: v for n, v in kw.items()
+                      if not (isinstance(v, (bool, int, float)) and not v)}
                 self._passes.append(_FrozenPass((a.w_ih, a.w_hh, a.bias), kw))
 
     def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
