@@ -83,8 +83,8 @@ template <typename S>
 py::array_t<S> out(const std::vector<Index>& shape) {
   std::size_t n = 1;
   for (Index s : shape) n *= std::size_t(s);
-  void* p = std::aligned_alloc(64, std::max<std::size_t>(64, (n * sizeof(S) + 63) / 64 * 64));
-  if (!p) throw std::bad_alloc();
+  std::size_t cap;
+  void* p = lstmx::alloc_block(n * sizeof(S), cap);  // large ones on huge pages
   py::capsule owner(p, [](void* q) { std::free(q); });
   return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()), static_cast<S*>(p),
                         owner);

@@ -24,9 +24,6 @@
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
-#if __has_include(<sys/mman.h>)
-#include <sys/mman.h>  // madvise
-#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -45,34 +42,9 @@ using StepMap = Eigen::Map<Mat<S>, 0, Eigen::OuterStride<>>;
 template <typename S>
 using CStepMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
 
-// Buffers that kernels stream (packed weights, the workspace, dG) go on transparent 2 MiB pages
-// where the system allows it: a few TLB entries instead of thousands (b4-h1024 inference and
-// b64-h512 training: 7-15% faster). huge_pages advises the whole 2 MiB pages inside [p, p +
-// bytes); it must come before the memory is first touched. Advice only: failure is harmless.
-constexpr std::size_t kHuge = std::size_t(2) << 20;
-inline void huge_pages(void* p, std::size_t bytes) {
-#ifdef MADV_HUGEPAGE
-  const auto a = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~std::uintptr_t(kHuge - 1);
-  const auto e = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~std::uintptr_t(kHuge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)p, (void)bytes;
-#endif
-}
 template <typename S>
 void huge_pages(Mat<S>& m) {
-  huge_pages(m.data(), std::size_t(m.size()) * sizeof(S));
-}
-
-// A 64-byte aligned block of at least `bytes` (free with std::free); its capacity in `cap`.
-// From kHuge bytes, whole huge pages.
-inline void* alloc_block(std::size_t bytes, std::size_t& cap) {
-  const std::size_t align = bytes >= kHuge ? kHuge : 64;
-  cap = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, cap);
-  if (!p) throw std::bad_alloc();
-  if (align == kHuge) huge_pages(p, cap);
-  return p;
+  lstmx::huge_pages(m.data(), std::size_t(m.size()) * sizeof(S));
 }
 
 // Scratch blocks that outlive a call. Large per-call buffers (the packed weights, a chunk's
@@ -764,7 +736,7 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
       nh(o.ln ? seq.N : 0, 4 * dims.H),
       nc(o.ln ? seq.N : 0, dims.H),
       rstd(o.ln ? seq.N : 0, 3) {
-  for (Mat<S>* m : {&x, &gates, &hprev, &r, &c, &nx, &nh, &nc}) huge_pages(*m);
+  for (Mat<S>* m : {&x, &w_ih, &w_hh, &gates, &hprev, &r, &c, &nx, &nh, &nc}) huge_pages(*m);
   opt.lengths = nullptr;  // seq holds them; begin_forward fills these copies:
   opt.peephole = o.peephole ? peep.data() : nullptr;
   opt.ln = o.ln ? ln.data() : nullptr;
