@@ -42,29 +42,40 @@ using StepMap = Eigen::Map<Mat<S>, 0, Eigen::OuterStride<>>;
 template <typename S>
 using CStepMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
 
-template <typename S>
-void huge_pages(Mat<S>& m) {
-  lstmx::huge_pages(m.data(), std::size_t(m.size()) * sizeof(S));
-}
-
-// Scratch blocks that outlive a call. Large per-call buffers (the packed weights, a chunk's
-// projection) would otherwise come from fresh pages every call, and faulting in tens of MiB
-// costs as much as the step loop at small B; small ones would cost malloc's locks and heap
-// trims in every call of a streaming step. A thread keeps the blocks its calls freed, up to
-// kPoolBytes, for its next call (as oneDNN's global scratchpad does); the rest go back to malloc.
+// Blocks that outlive a call. Large per-call buffers (the packed weights, a chunk's projection,
+// the training workspace, dG) would otherwise come from fresh pages every call, and faulting in
+// tens of MiB costs as much as the step loop at small B; small ones would cost malloc's locks
+// and heap trims in every call of a streaming step. A thread keeps the blocks freed on it, up to
+// kPoolBytes, for its next calls (as oneDNN's global scratchpad does); the rest go back to
+// malloc. take and give go through the thread's pool while it exists, and straight to malloc
+// after its destructor (a workspace freed during a thread's exit).
 class Pool {
  public:
   static constexpr std::size_t kPoolBytes = std::size_t(256) << 20;
+  // A 64-byte aligned block of at least `bytes` (2 MiB pages from kHuge); its capacity in `cap`.
+  static void* take(std::size_t bytes, std::size_t& cap) {
+    return gone() ? alloc_block(bytes, cap) : mine().take_kept(bytes, cap);
+  }
+  static void give(void* p, std::size_t cap) noexcept {  // (from destructors: never throws)
+    if (gone()) std::free(p); else mine().keep(p, cap);
+  }
+
+ private:
   static Pool& mine() {
     static thread_local Pool pool;
     return pool;
   }
+  static bool& gone() {  // this thread's pool is destroyed
+    static thread_local bool g = false;
+    return g;
+  }
   Pool() { blocks_.reserve(64); }  // more live blocks than this a thread never keeps
-  // A 64-byte aligned block of at least `bytes` (2 MiB pages from kHuge); its capacity in `cap`.
-  void* take(std::size_t bytes, std::size_t& cap) {
-    auto best = blocks_.end();  // the smallest kept block that is large enough
+  void* take_kept(std::size_t bytes, std::size_t& cap) {
+    auto best = blocks_.end();  // the smallest kept block that is large enough, not over 2x
     for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
-      if (it->cap >= bytes && (best == blocks_.end() || it->cap < best->cap)) best = it;
+      if (it->cap >= bytes && it->cap <= 2 * bytes + 4096 &&
+          (best == blocks_.end() || it->cap < best->cap))
+        best = it;
     if (best != blocks_.end()) {
       void* p = best->p;
       cap = best->cap, kept_ -= cap;
@@ -73,7 +84,7 @@ class Pool {
     }
     return alloc_block(bytes, cap);
   }
-  void give(void* p, std::size_t cap) noexcept {  // (from destructors: never throws)
+  void keep(void* p, std::size_t cap) noexcept {
     if (cap > kPoolBytes || blocks_.size() == blocks_.capacity()) return std::free(p);
     while (kept_ + cap > kPoolBytes) {  // make room: drop the largest kept block
       auto big = std::max_element(blocks_.begin(), blocks_.end(),
@@ -85,10 +96,10 @@ class Pool {
     blocks_.push_back({p, cap}), kept_ += cap;
   }
   ~Pool() {
+    gone() = true;
     for (const Block& b : blocks_) std::free(b.p);
   }
 
- private:
   struct Block {
     void* p;
     std::size_t cap;
@@ -109,18 +120,25 @@ class Buf {
     release();
     if (n <= 0) return;
     if (std::size_t(n) > std::size_t(-1) / 2 / sizeof(S)) throw std::bad_alloc();
-    p_ = static_cast<S*>(Pool::mine().take(std::size_t(n) * sizeof(S), cap_));
+    p_ = static_cast<S*>(Pool::take(std::size_t(n) * sizeof(S), cap_));
   }
   S* data() const { return p_; }
 
  private:
   void release() {
-    if (p_) Pool::mine().give(p_, cap_);
+    if (p_) Pool::give(p_, cap_);
     p_ = nullptr;
   }
   S* p_ = nullptr;
   std::size_t cap_ = 0;
 };
+
+}  // namespace
+
+PoolBlock::PoolBlock(std::size_t bytes) { p = Pool::take(bytes, cap); }
+PoolBlock::~PoolBlock() { Pool::give(p, cap); }
+
+namespace {
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
@@ -598,7 +616,7 @@ EIGEN_ALWAYS_INLINE void emit_h(const Dims& d, const Seq& q, const Options<S>& o
 // projection, also into dhn [N, R].
 template <typename S>
 EIGEN_ALWAYS_INLINE Pk<S> dh_new(const Cache<S>& cache, const Mat<S>& md, const S* dy, Mat<S>& dhs,
-                                 Mat<S>& dhn, Index s, Index k, Index j, Index n, Pk<S> a) {
+                                 PoolMat<S>& dhn, Index s, Index k, Index j, Index n, Pk<S> a) {
   const Seq& q = cache.seq;
   const Options<S>& opt = cache.opt;
   const Index b = q.perm[k], R = cache.d.R();
@@ -736,7 +754,6 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
       nh(o.ln ? seq.N : 0, 4 * dims.H),
       nc(o.ln ? seq.N : 0, dims.H),
       rstd(o.ln ? seq.N : 0, 3) {
-  for (Mat<S>* m : {&x, &w_ih, &w_hh, &gates, &hprev, &r, &c, &nx, &nh, &nc}) huge_pages(*m);
   opt.lengths = nullptr;  // seq holds them; begin_forward fills these copies:
   opt.peephole = o.peephole ? peep.data() : nullptr;
   opt.ln = o.ln ? ln.data() : nullptr;
@@ -868,7 +885,7 @@ void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const 
 // dx goes to the layout of x (its padding is set to 0 first).
 // The naive version: Eigen, one thread.
 template <typename S>
-void weight_grads_naive(const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih, S* dw_hh,
+void weight_grads_naive(const Cache<S>& cache, const PoolMat<S>& dG, S* dx, S* dw_ih, S* dw_hh,
                         S* db) {
   const Index I = cache.d.I, H = cache.d.H, G = 4 * H;
   const Mat<S> dxp = dG * cache.w_ih;  // [N, I]
@@ -882,9 +899,9 @@ void weight_grads_naive(const Cache<S>& cache, const Mat<S>& dG, S* dx, S* dw_ih
 // packed GEMM (gemm_part) computes the product. One scratch buffer serves all of them in turn.
 // With a projection, also dW_hr = dhn^T r (dhn [N, P]: dL/dh_new of every token).
 template <typename S>
-void weight_grads_fast(int threads, const Cache<S>& cache, const Mat<S>& dGx, const Mat<S>& dGh,
-                       const Mat<S>& dG, const Mat<S>& dhn, S* dx, S* dw_ih, S* dw_hh, S* db,
-                       S* dw_hr) {
+void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx,
+                       const PoolMat<S>& dGh, const PoolMat<S>& dG, const PoolMat<S>& dhn, S* dx,
+                       S* dw_ih, S* dw_hh, S* db, S* dw_hr) {
   constexpr Index W = 4 * kV<S>;
   const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
   const Index npi = panel_count<S>(Panels::Plain, I), npr = panel_count<S>(Panels::Plain, R);
@@ -1004,7 +1021,8 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
 
 // dhs, dcs [B, H] by entry: dh_n and dc_n on entry; dh_0 and dc_0 on exit.
 template <typename S>
-void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs, Mat<S>& dG) {
+void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
+                    PoolMat<S>& dG) {
   const Dims& d = cache.d;
   const Seq& q = cache.seq;
   const Index H = d.H, G = 4 * H;
@@ -1164,7 +1182,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
 // receives dL/dh_new of every token (for dW_hr).
 template <typename S>
 void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
-                   Mat<S>& dG, S* dpeep, Mat<S>& dhn) {
+                   PoolMat<S>& dG, S* dpeep, PoolMat<S>& dhn) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Dims& d = cache.d;
@@ -1431,7 +1449,8 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
 // over tokens, by columns in token order: dln (gains, bias_c) and dpeep (db: weight_grads_fast).
 template <typename S>
 void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs,
-                 Mat<S>& dG, Mat<S>& dGx, Mat<S>& dGh, Mat<S>& dch, Mat<S>& dhn, S* dpeep,
+                 PoolMat<S>& dG, PoolMat<S>& dGx, PoolMat<S>& dGh, PoolMat<S>& dch,
+                 PoolMat<S>& dhn, S* dpeep,
                  S* dln) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
@@ -1692,16 +1711,14 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
     Map<S>(g.db, 1, G).setZero();
     if (g.dw_hr) Map<S>(g.dw_hr, d.P, H).setZero();
   } else {
-    Mat<S> dG(N, G);                // [N, 4H] per-call scratch: gradients of the pre-activations
-    Mat<S> dhn(d.P ? N : 0, R);     // [N, P] dL/dh_new, with a projection
-    huge_pages(dG), huge_pages(dhn);
+    PoolMat<S> dG(N, G);             // [N, 4H] per-call scratch: gradients of the pre-activations
+    PoolMat<S> dhn(d.P ? N : 0, R);  // [N, P] dL/dh_new, with a projection
     if (k == Kernel::Naive) {
       backward_naive(cache, dy, dhs, dcs, dG);
       weight_grads_naive(cache, dG, g.dx, g.dw_ih, g.dw_hh, g.db);
     } else if (cache.opt.ln) {
       if (!g.dln) throw std::invalid_argument("dln: required with layer norm");
-      Mat<S> dGx(N, G), dGh(N, G), dch(N, H);  // dL/d(x W_ih^T), dL/d(h W_hh^T), dL/dLN(c_t)
-      huge_pages(dGx), huge_pages(dGh), huge_pages(dch);
+      PoolMat<S> dGx(N, G), dGh(N, G), dch(N, H);  // dL/d(x W_ih^T), dL/d(h W_hh^T), dL/dLN(c_t)
       backward_ln(threads, cache, dy, dhs, dcs, dG, dGx, dGh, dch, dhn, g.dpeep, g.dln);
       weight_grads_fast(threads, cache, dGx, dGh, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
     } else {

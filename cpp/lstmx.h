@@ -121,6 +121,37 @@ using Index = std::ptrdiff_t;
 template <typename S>
 using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// A block of at least `bytes` from the kernels' pool (lstm.cpp, Pool): each thread keeps the
+// blocks that calls give back, up to 256 MiB, for its next calls. A training step then reuses
+// the last one's workspace instead of faulting in and clearing fresh pages (b64-h512: 64 page
+// faults a step instead of ~920). Made and freed inside an ISA module only.
+struct PoolBlock {
+  void* p = nullptr;
+  std::size_t cap = 0;
+  explicit PoolBlock(std::size_t bytes);
+  ~PoolBlock();
+  PoolBlock(const PoolBlock&) = delete;
+  PoolBlock& operator=(const PoolBlock&) = delete;
+};
+
+// A row-major [rows, cols] matrix in a PoolBlock, uninitialised (as Mat's constructor leaves
+// it). Throws std::bad_alloc.
+template <typename S>
+class PoolMat : PoolBlock, public Eigen::Map<Mat<S>> {
+ public:
+  PoolMat(Index rows, Index cols)
+      : PoolBlock(bytes(rows, cols)), Eigen::Map<Mat<S>>(static_cast<S*>(p), rows, cols) {}
+  using Eigen::Map<Mat<S>>::operator=;
+
+ private:
+  static std::size_t bytes(Index rows, Index cols) {
+    const auto r = std::size_t(rows), c = std::size_t(cols);
+    if (rows < 0 || cols < 0 || (c && r > (std::size_t(-1) / 2) / sizeof(S) / c))
+      throw std::bad_alloc();
+    return r * c * sizeof(S);
+  }
+};
+
 struct Dims {
   Index T = 0, B = 0, I = 0, H = 0;
   bool batch_first = false;
@@ -175,28 +206,29 @@ struct Seq {
 enum class Kernel { Fast = 0, Naive = 1 };
 
 // The training workspace: everything backward reads from the forward pass, sized once, up
-// front, by the constructor. Per-token buffers are packed (position off[s] + k, N rows).
+// front, by the constructor (in blocks of the pool). Per-token buffers are packed (position
+// off[s] + k, N rows).
 template <typename S>
 struct Cache {
   Dims d;
   Options<S> opt;  // lengths: nullptr (seq has them); peephole: points at peep
   Seq seq;
-  Mat<S> x;      // [N, I]   copy of the input
-  Mat<S> w_ih;   // [4H, I]  copy of the weights used
-  Mat<S> w_hh;   // [4H, R]
-  Mat<S> w_hr;   // [P, H]   (or empty)
-  Mat<S> peep;   // [3, H]   copy of the peepholes (or empty)
-  Mat<S> gates;  // [N, 4H]  activated gates i, f, g, o of every token (f = 1 - i if coupled)
-  Mat<S> hprev;  // [N, R]   h_{t-1} * m (recurrent dropout) of every token
-  Mat<S> r;      // [N, H]   o * tanh(c_t) of every token, when projected (or empty)
-  Mat<S> c;      // [N, H]   c_t of every token (after zoneout)
-  Mat<S> c0;     // [B, H]   c_0, by entry k
+  PoolMat<S> x;      // [N, I]   copy of the input
+  PoolMat<S> w_ih;   // [4H, I]  copy of the weights used
+  PoolMat<S> w_hh;   // [4H, R]
+  PoolMat<S> w_hr;   // [P, H]   (or empty)
+  PoolMat<S> peep;   // [3, H]   copy of the peepholes (or empty)
+  PoolMat<S> gates;  // [N, 4H]  activated gates i, f, g, o of every token (f = 1 - i if coupled)
+  PoolMat<S> hprev;  // [N, R]   h_{t-1} * m (recurrent dropout) of every token
+  PoolMat<S> r;      // [N, H]   o * tanh(c_t) of every token, when projected (or empty)
+  PoolMat<S> c;      // [N, H]   c_t of every token (after zoneout)
+  PoolMat<S> c0;     // [B, H]   c_0, by entry k
   // layer norm only (else empty):
-  Mat<S> ln;     // [1, 10H] copy of gain_x, gain_h, gain_c, bias_c
-  Mat<S> nx;     // [N, 4H]  LN(x W_ih^T) before the gain: (zx - mean) * rstd
-  Mat<S> nh;     // [N, 4H]  LN(h_{t-1} W_hh^T), likewise
-  Mat<S> nc;     // [N, H]   LN(c_t) before gain_c and bias_c (c_t before zoneout)
-  Mat<S> rstd;   // [N, 3]   1 / sqrt(var + eps) of zx, zh and c_t
+  PoolMat<S> ln;     // [1, 10H] copy of gain_x, gain_h, gain_c, bias_c
+  PoolMat<S> nx;     // [N, 4H]  LN(x W_ih^T) before the gain: (zx - mean) * rstd
+  PoolMat<S> nh;     // [N, 4H]  LN(h_{t-1} W_hh^T), likewise
+  PoolMat<S> nc;     // [N, H]   LN(c_t) before gain_c and bias_c (c_t before zoneout)
+  PoolMat<S> rstd;   // [N, 3]   1 / sqrt(var + eps) of zx, zh and c_t
   Cache(const Dims& dims, const Options<S>& o);
   std::size_t nbytes() const;
 };
