@@ -243,6 +243,24 @@ def test_scratch_reused_between_calls_carries_nothing() -> None:
             np.testing.assert_array_equal(a, b)
 
 
+def test_large_outputs_reuse_freed_blocks_only() -> None:
+    """A large output (2 MiB or more) reuses the block of one that Python has freed, never that
+    of a live array: the live one keeps its values, and the results are what a first call gave."""
+    c = make_case(8, 64, 16, 1024, np.float32, seed=4)  # y: 8 * 64 * 1024 floats, 2 MiB
+    y1 = lstmx.lstm(**c)[0]
+    kept = y1.copy()
+    y2 = lstmx.lstm(**c)[0]  # y1 is alive: a block of its own
+    assert y2.ctypes.data != y1.ctypes.data and y2.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(y1, kept)
+    np.testing.assert_array_equal(y2, kept)
+    freed = y2.ctypes.data
+    del y2
+    y3 = lstmx.lstm(**c)[0]
+    assert y3.ctypes.data == freed  # the freed block, not fresh pages
+    np.testing.assert_array_equal(y3, kept)
+    np.testing.assert_array_equal(y1, kept)
+
+
 @pytest.mark.parametrize("T,B,I,H", [(0, 3, 4, 5), (4, 0, 4, 5), (4, 3, 0, 5), (0, 0, 0, 2)])
 def test_zero_sized_dimensions(T: int, B: int, I: int, H: int) -> None:
     c = make_case(T, B, I, H, seed=1)
