@@ -79,61 +79,37 @@ void check_sizes(const Dims& d) {
 }
 
 // Large outputs (a block of 2 MiB or more, on huge pages) come from blocks that earlier
-// outputs left: once Python frees an array, its block is kept here, up to kKeepBytes in all (the
-// largest dropped first), for the next call's outputs. Repeated calls then write into pages
+// outputs left: once Python frees an array, its block is kept here, up to 256 MiB in all and 16
+// blocks, for the next call's outputs. Repeated calls then write into pages
 // already faulted in, instead of faulting in and clearing fresh ones, which malloc would give
 // (b64-h1024 training: 45 MiB of outputs a call, clearing them ~3% of its time). Process-wide,
 // behind a mutex: arrays are freed on any thread. Never destroyed (a capsule may be freed after
 // static destructors have run); what it keeps stays reachable.
 class OutBlocks {
  public:
-  static constexpr std::size_t kKeepBytes = std::size_t(256) << 20, kKeepCount = 16;
-  static OutBlocks& get() {
-    static OutBlocks* b = new OutBlocks;
-    return *b;
-  }
   // A 64-byte aligned block of at least `bytes`, its capacity in `cap` (alloc_block's).
-  void* take(std::size_t bytes, std::size_t& cap) {
-    if (bytes >= lstmx::kHuge) {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto best = kept_.end();  // the smallest block large enough, not over 2x; the last freed
-      for (auto it = kept_.begin(); it != kept_.end(); ++it)  // (warmest) of equals
-        if (it->cap >= bytes && it->cap <= 2 * bytes &&
-            (best == kept_.end() || it->cap <= best->cap))
-          best = it;
-      if (best != kept_.end()) {
-        void* p = best->p;
-        cap = best->cap, bytes_ -= cap;
-        kept_.erase(best);
-        return p;
-      }
-    }
-    return lstmx::alloc_block(bytes, cap);
+  static void* take(std::size_t bytes, std::size_t& cap) {
+    if (bytes < lstmx::kHuge) return lstmx::alloc_block(bytes, cap);
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    return s.kept.take(bytes, cap);
   }
-  void give(void* p, std::size_t cap) noexcept {
-    if (cap >= lstmx::kHuge && cap <= kKeepBytes) {
-      std::lock_guard<std::mutex> lock(mu_);
-      while (!kept_.empty() && (bytes_ + cap > kKeepBytes || kept_.size() == kKeepCount)) {
-        auto big = std::max_element(kept_.begin(), kept_.end(),
-                                    [](const Block& a, const Block& b) { return a.cap < b.cap; });
-        std::free(big->p), bytes_ -= big->cap;
-        kept_.erase(big);
-      }
-      kept_.push_back({p, cap}), bytes_ += cap;  // (reserved: never allocates)
-      return;
-    }
-    std::free(p);
+  static void give(void* p, std::size_t cap) noexcept {
+    if (cap < lstmx::kHuge) return std::free(p);
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.kept.keep(p, cap);
   }
 
  private:
-  struct Block {
-    void* p;
-    std::size_t cap;
+  struct State {
+    std::mutex mu;
+    lstmx::KeptBlocks kept{std::size_t(256) << 20, 16};
   };
-  OutBlocks() { kept_.reserve(kKeepCount); }
-  std::mutex mu_;
-  std::vector<Block> kept_;
-  std::size_t bytes_ = 0;
+  static State& state() {
+    static State* s = new State;
+    return *s;
+  }
 };
 
 // Outputs are 64-byte aligned: Eigen's vectorised loops peel by address, so a fixed alignment
@@ -144,16 +120,16 @@ py::array_t<S> out(const std::vector<Index>& shape) {
   std::size_t n = 1;
   for (Index s : shape) n *= std::size_t(s);
   auto blk = std::make_unique<Block>();
-  blk->first = OutBlocks::get().take(n * sizeof(S), blk->second);
+  blk->first = OutBlocks::take(n * sizeof(S), blk->second);
   S* data = static_cast<S*>(blk->first);
   py::capsule owner;
   try {
     owner = py::capsule(blk.get(), [](void* q) {
       const std::unique_ptr<Block> b(static_cast<Block*>(q));
-      OutBlocks::get().give(b->first, b->second);
+      OutBlocks::give(b->first, b->second);
     });
   } catch (...) {
-    OutBlocks::get().give(blk->first, blk->second);
+    OutBlocks::give(blk->first, blk->second);
     throw;
   }
   blk.release();  // the capsule owns it now

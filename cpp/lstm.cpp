@@ -54,58 +54,25 @@ class Pool {
   static constexpr std::size_t kPoolBytes = std::size_t(256) << 20;
   // A 64-byte aligned block of at least `bytes` (2 MiB pages from kHuge); its capacity in `cap`.
   static void* take(std::size_t bytes, std::size_t& cap) {
-    return gone() ? alloc_block(bytes, cap) : mine().take_kept(bytes, cap);
+    return gone() ? alloc_block(bytes, cap) : mine().take(bytes, cap);
   }
   static void give(void* p, std::size_t cap) noexcept {  // (from destructors: never throws)
     if (gone()) std::free(p); else mine().keep(p, cap);
   }
 
  private:
-  static Pool& mine() {
-    static thread_local Pool pool;
+  struct Kept : KeptBlocks {
+    Kept() : KeptBlocks(kPoolBytes, 64) {}  // more live blocks than this a thread never keeps
+    ~Kept() { gone() = true; }
+  };
+  static KeptBlocks& mine() {
+    static thread_local Kept pool;
     return pool;
   }
   static bool& gone() {  // this thread's pool is destroyed
     static thread_local bool g = false;
     return g;
   }
-  Pool() { blocks_.reserve(64); }  // more live blocks than this a thread never keeps
-  void* take_kept(std::size_t bytes, std::size_t& cap) {
-    auto best = blocks_.end();  // the smallest kept block that is large enough, not over 2x
-    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
-      if (it->cap >= bytes && it->cap <= 2 * bytes + 4096 &&
-          (best == blocks_.end() || it->cap < best->cap))
-        best = it;
-    if (best != blocks_.end()) {
-      void* p = best->p;
-      cap = best->cap, kept_ -= cap;
-      blocks_.erase(best);
-      return p;
-    }
-    return alloc_block(bytes, cap);
-  }
-  void keep(void* p, std::size_t cap) noexcept {
-    if (cap > kPoolBytes || blocks_.size() == blocks_.capacity()) return std::free(p);
-    while (kept_ + cap > kPoolBytes) {  // make room: drop the largest kept block
-      auto big = std::max_element(blocks_.begin(), blocks_.end(),
-                                  [](const Block& a, const Block& b) { return a.cap < b.cap; });
-      if (big->cap < cap) return std::free(p);  // keep the larger ones instead
-      std::free(big->p), kept_ -= big->cap;
-      blocks_.erase(big);
-    }
-    blocks_.push_back({p, cap}), kept_ += cap;
-  }
-  ~Pool() {
-    gone() = true;
-    for (const Block& b : blocks_) std::free(b.p);
-  }
-
-  struct Block {
-    void* p;
-    std::size_t cap;
-  };
-  std::vector<Block> blocks_;
-  std::size_t kept_ = 0;
 };
 
 // A buffer of n scalars (64-byte aligned, uninitialised) from this thread's Pool.

@@ -117,6 +117,55 @@ inline void* alloc_block(std::size_t bytes, std::size_t& cap) {
   return p;
 }
 
+// Freed blocks (alloc_block's) kept for reuse: at most max_bytes in all and max_count blocks;
+// when full, the larger blocks stay. Not thread-safe: the kernels keep one per thread (lstm.cpp,
+// Pool), the binding one for its outputs behind a mutex (bindings.cpp, OutBlocks).
+class KeptBlocks {
+ public:
+  KeptBlocks(std::size_t max_bytes, std::size_t max_count) : max_bytes_(max_bytes) {
+    blocks_.reserve(max_count);  // keep never allocates
+  }
+  ~KeptBlocks() {
+    for (const Block& b : blocks_) std::free(b.p);
+  }
+  KeptBlocks(const KeptBlocks&) = delete;
+  KeptBlocks& operator=(const KeptBlocks&) = delete;
+  // A block of at least `bytes`, its capacity in `cap`: the smallest kept one that is large
+  // enough and at most twice the size (of equals, the last freed: the warmest), else a new one.
+  void* take(std::size_t bytes, std::size_t& cap) {
+    auto best = blocks_.end();
+    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+      if (it->cap >= bytes && it->cap <= 2 * bytes + 4096 &&
+          (best == blocks_.end() || it->cap <= best->cap))
+        best = it;
+    if (best == blocks_.end()) return alloc_block(bytes, cap);
+    void* p = best->p;
+    cap = best->cap, bytes_ -= cap;
+    blocks_.erase(best);
+    return p;
+  }
+  // Keeps the block p of capacity cap, or frees it. Never throws (called from destructors).
+  void keep(void* p, std::size_t cap) noexcept {
+    if (cap > max_bytes_ || blocks_.size() == blocks_.capacity()) return std::free(p);
+    while (bytes_ + cap > max_bytes_) {  // make room: drop the largest kept block
+      auto big = std::max_element(blocks_.begin(), blocks_.end(),
+                                  [](const Block& a, const Block& b) { return a.cap < b.cap; });
+      if (big->cap < cap) return std::free(p);  // keep the larger ones instead
+      std::free(big->p), bytes_ -= big->cap;
+      blocks_.erase(big);
+    }
+    blocks_.push_back({p, cap}), bytes_ += cap;
+  }
+
+ private:
+  struct Block {
+    void* p;
+    std::size_t cap;
+  };
+  std::vector<Block> blocks_;
+  std::size_t bytes_ = 0, max_bytes_;
+};
+
 using Index = std::ptrdiff_t;
 template <typename S>
 using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

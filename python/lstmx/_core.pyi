@@ -11,7 +11,17 @@ _Floats = npt.NDArray[np.floating[Any]]
 
 max_threads: int
 
-class _Cache:  # stub-only: the properties that Cache_f32 and Cache_f64 both have
+class _Sized:  # stub-only: the properties that the caches and the packed weights all have
+    @property
+    def I(self) -> int: ...
+    @property
+    def H(self) -> int: ...
+    @property
+    def P(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+class _Cache(_Sized):  # stub-only: the properties that Cache_f32 and Cache_f64 both have
     """Forward workspace kept for backward (one class per dtype)."""
 
     @property
@@ -19,17 +29,9 @@ class _Cache:  # stub-only: the properties that Cache_f32 and Cache_f64 both hav
     @property
     def B(self) -> int: ...
     @property
-    def I(self) -> int: ...
-    @property
-    def H(self) -> int: ...
-    @property
-    def P(self) -> int: ...
-    @property
     def R(self) -> int: ...
     @property
     def batch_first(self) -> bool: ...
-    @property
-    def nbytes(self) -> int: ...
 
 class Cache_f32(_Cache):
     """The workspace of a float32 training forward pass."""
@@ -37,19 +39,11 @@ class Cache_f32(_Cache):
 class Cache_f64(_Cache):
     """The workspace of a float64 training forward pass."""
 
-class _Packed:  # stub-only: the properties that Packed_f32 and Packed_f64 both have
+class _Packed(_Sized):  # stub-only: the properties that Packed_f32 and Packed_f64 both have
     """Weights packed for the forward kernels (lstmx.h, Packed; one class per dtype)."""
 
     @property
-    def I(self) -> int: ...
-    @property
-    def H(self) -> int: ...
-    @property
-    def P(self) -> int: ...
-    @property
     def isa(self) -> str: ...
-    @property
-    def nbytes(self) -> int: ...
 
 class Packed_f32(_Packed):
     """float32 weights, packed."""
