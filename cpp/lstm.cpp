@@ -233,10 +233,12 @@ constexpr int kMR = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 6 : 3;
 constexpr Index kMC = 192;  // rows per work item of the big GEMMs (A's block stays in L2)
 static_assert(kMC % kMR == 0, "gemm_part cuts chunks of whole row blocks");
 
-// Stores a whole packet past the caches (non-temporal; p aligned to the packet's size). The
-// writer issues _mm_sfence() before other threads read what it stored.
+// Stores a whole packet at p (aligned to its size); with `stream`, past the caches
+// (non-temporal: the writer issues _mm_sfence() before other threads read what it stored).
 template <typename P>
-EIGEN_ALWAYS_INLINE void pstream(typename ei::unpacket_traits<P>::type* p, const P& v) {
+EIGEN_ALWAYS_INLINE void store_packet(typename ei::unpacket_traits<P>::type* p, const P& v,
+                                      bool stream) {
+  if (!stream) return ei::pstore(p, v);
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<P, __m512>) return _mm512_stream_ps(p, v);
   if constexpr (std::is_same_v<P, __m512d>) return _mm512_stream_pd(p, v);
@@ -337,17 +339,13 @@ void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index s
             for (Index v = 0; v < V; ++v)
               blk.packet[v] = v < nv ? load(b + (n0 + v) * sbn + k0, kv) : ei::pzero(P());
             ei::ptranspose(blk);
-            for (Index k = 0; k < kv; ++k)
-              stream ? pstream(o + (k0 + k) * W, blk.packet[k])
-                     : ei::pstore(o + (k0 + k) * W, blk.packet[k]);
+            for (Index k = 0; k < kv; ++k) store_packet(o + (k0 + k) * W, blk.packet[k], stream);
           }
           continue;
         }
       }
       if (sbn == 1 && nv > 0) {  // each row is contiguous in n: V columns at once
-        for (Index k = 0; k < K; ++k)
-          stream ? pstream(o + k * W, load(b + k * sbk + n0, nv))
-                 : ei::pstore(o + k * W, load(b + k * sbk + n0, nv));
+        for (Index k = 0; k < K; ++k) store_packet(o + k * W, load(b + k * sbk + n0, nv), stream);
         continue;
       }
       for (Index k = 0; k < K; ++k)  // past the last column, or strided both ways
@@ -840,6 +838,18 @@ void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S
   if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr, nt);  // W_hr^T
 }
 
+// Panels [p0, p1) of W_hh (Plain: 4V units of h) and [h0, h1) of W_hr (Plain, with d.P), as
+// the backward kernels read them: wh [npr, 4H, 4V], whr [nph, P, 4V].
+template <typename S>
+void pack_backward(const Cache<S>& cache, Index p0, Index p1, Index h0, Index h1, S* wh,
+                   S* whr) {
+  const Dims& d = cache.d;
+  const Index H = d.H, G = 4 * H, R = d.R();
+  const bool nt = stream_packing(std::size_t(G * R + d.P * H) * sizeof(S));
+  pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh, nt);
+  if (d.P) pack<S>(Panels::Plain, h0, h1, d.P, H, cache.w_hr.data(), H, 1, whr, nt);
+}
+
 template <typename S>
 struct Packed {
   Index I, H, P;
@@ -1265,9 +1275,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
     share(npr, nt, tid, p0, p1);    // this thread's units of h: [p0 4V, p1 4V), for good
     share(nph, nt, tid, ph0, ph1);  // and of r, with a projection
     err.run([&] {
-      const bool nt = stream_packing(std::size_t(G * R + d.P * H) * sizeof(S));
-      pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh.data(), nt);
-      if (proj) pack<S>(Panels::Plain, ph0, ph1, d.P, H, cache.w_hr.data(), H, 1, whr.data(), nt);
+      pack_backward(cache, p0, p1, ph0, ph1, wh.data(), whr.data());
     });
     // Step s, from T - 1 down to -1 (which leaves dh_0 in dhs):
     //   dh_t = dG_{t+1} W_hh (times m) for the thread's units of h, plus what dhs carries (dh_n
@@ -1536,9 +1544,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
     share(npr, nt, tid, p0, p1);
     share(nph, nt, tid, ph0, ph1);
     err.run([&] {
-      const bool nt = stream_packing(std::size_t(G * R + d.P * H) * sizeof(S));
-      pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh.data(), nt);
-      if (proj) pack<S>(Panels::Plain, ph0, ph1, d.P, H, cache.w_hr.data(), H, 1, whr.data(), nt);
+      pack_backward(cache, p0, p1, ph0, ph1, wh.data(), whr.data());
     });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);
