@@ -20,7 +20,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <type_traits>
 
 #if defined(__SSE__) || defined(__x86_64__)
@@ -148,59 +147,14 @@ inline void share(Index items, int nt, int j, Index& a, Index& b) {
   b = items * (j + 1) / nt;
 }
 
-// The barrier between the steps of a team: a count of arrivals and a phase that the last one
-// flips, spun on with pause, then yielded on after kSpin rounds. libgomp's barrier took
-// 0.38-0.41 us against 0.06 us for this one (2 threads, the AMD VM), and a b1-h128 step (2.9
-// us) has one. A team with more threads than the processors it may run on waits in libgomp's
-// barrier instead, which sleeps: spinning there made b1-h128 with 4 threads on 2 cores 18x
-// slower.
-struct TeamBarrier {
-  static constexpr int kSpin = 1 << 12;
-  alignas(64) std::atomic<int> arrived{0};
-  alignas(64) std::atomic<int> phase{0};
-  std::atomic<int> size{1};  // the team's size, stored by each of its threads
-  std::atomic<bool> spin{false};  // spin (a thread per processor), or libgomp's barrier
-};
-thread_local TeamBarrier* tl_team = nullptr;  // the team this thread works in (with_team)
-thread_local int tl_phase = 0;                // the phase of its last barrier
-
-// Every thread of the team waits here until all have come; what each wrote before is then
-// visible to all (acquire/release).
-inline void barrier() {
-  TeamBarrier* t = tl_team;
-  const int n = t ? t->size.load(std::memory_order_relaxed) : 1;
-  if (n <= 1) return;
-  if (!t->spin.load(std::memory_order_relaxed)) {
-#pragma omp barrier
-    return;
-  }
-  const int ph = (tl_phase ^= 1);
-  if (t->arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {  // the last to come
-    t->arrived.store(0, std::memory_order_relaxed);
-    t->phase.store(ph, std::memory_order_release);
-    return;
-  }
-  for (int spin = 0; t->phase.load(std::memory_order_acquire) != ph; ++spin) {
-    if (spin >= TeamBarrier::kSpin) {
-      std::this_thread::yield();
-    } else {
-#if defined(__SSE2__)
-      _mm_pause();
-#endif
-    }
-  }
-}
-
 // Runs f(tid, nt, err) on every thread of a team: at most `threads`, at most one per item and
-// one per ~64k flops. Denormals are flushed; exceptions are carried out; barrier() waits for
-// the team. Results never depend on the team size: work is cut so that every output sums its
-// terms in a fixed order.
+// one per ~64k flops. Denormals are flushed; exceptions are carried out. Results never depend
+// on the team size: work is cut so that every output sums its terms in a fixed order.
 template <typename F>
 void with_team(int threads, Index items, double flops, F&& f) {
   const Index by_flops = std::max<Index>(1, Index(flops / 65536.0));
   const int nt = int(std::max<Index>(1, std::min<Index>({Index(threads), items, by_flops})));
   Errors err;
-  TeamBarrier team;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     FlushDenormals ftz;
@@ -208,18 +162,13 @@ void with_team(int threads, Index items, double flops, F&& f) {
 #ifdef _OPENMP
     tid = omp_get_thread_num(), n = omp_get_num_threads();
 #endif
-    team.size.store(n, std::memory_order_relaxed);
-#ifdef _OPENMP
-    static const int procs = omp_get_num_procs();  // (those this process may run on)
-    team.spin.store(n <= procs, std::memory_order_relaxed);
-#endif
-    TeamBarrier* const outer = tl_team;  // (a team inside a team runs alone: size 1)
-    const int outer_phase = tl_phase;
-    tl_team = &team, tl_phase = 0;
     f(tid, n, err);
-    tl_team = outer, tl_phase = outer_phase;
   }
   err.rethrow();
+}
+
+inline void barrier() {
+#pragma omp barrier
 }
 
 // ---- SIMD: Eigen's packet of the widest vector this build has ---------------------------------
