@@ -78,8 +78,10 @@ def call_every_kernel() -> int:
                        dict(layer_norm=True)):
                 s = lstmx.LSTM(5, 7, seed=1, **kw)
                 s.step(np.ones((3, 5), np.float32), s.step(np.ones((3, 5), np.float32))[1])
-                s.freeze()(np.ones((4, 3, 5), np.float32))  # weights packed once
-                calls += 3
+                f = s.freeze()  # weights packed once
+                f(np.ones((4, 3, 5), np.float32))
+                f.step(np.ones((3, 5), np.float32), f.step(np.ones((3, 5), np.float32))[1])
+                calls += 5
             calls += 3
     # Refused calls: every check, in Python and in lstmx._core, exits through an exception.
     x = np.ones((3, 2, 4), np.float32)
@@ -98,8 +100,11 @@ def call_every_kernel() -> int:
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True,
                               lengths=np.array([3, 4])),
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True, True, clip=1.0),
-        lambda: _core.step(x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 5), np.float32),
-                           [(w_ih, w_hh[:, :4], None, None, None, None)]),
+        lambda: _core.step_plan([(w_ih, w_hh[:, :4], None, None, None, None)]),
+        lambda: _core.step_plan([(w_ih, w_hh, None, None, None, None)]).run(
+            x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 5), np.float32)),
+        lambda: _core.step_plan([(w_ih, w_hh, None, None, None, None,
+                                  _core.pack(w_ih[:, :3].copy(), w_hh))]),
         lambda: _core.forward(x[..., :3].copy(), w_ih[:, :3].copy(), w_hh, None, None, None,
                               False, False, packed=_core.pack(w_ih, w_hh)),
         lambda: _core.pack(w_ih, w_hh[:, :4].copy()),

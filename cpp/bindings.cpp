@@ -178,6 +178,27 @@ struct Packed {
   Packed& operator=(const Packed&) = delete;
 };
 
+// The kernels' view of obj, a Packed of weights for d's I, H and P made by the kernels kt (or
+// None: nullptr).
+template <typename S>
+const lstmx::Packed<S>* packed_ptr(const py::handle& obj, const Dims& d,
+                                   const lstmx::KernelTable<S>& kt) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<Packed<S>>(obj))
+    throw py::type_error(std::string("packed: expected weights packed in ") +
+                         (sizeof(S) == 4 ? "float32" : "float64"));
+  const auto& w = obj.cast<const Packed<S>&>();
+  if (w.I != d.I || w.H != d.H || w.P != d.P)
+    throw py::value_error("packed: made for I, H, P = " + std::to_string(w.I) + ", " +
+                          std::to_string(w.H) + ", " + std::to_string(w.P) + ", got " +
+                          std::to_string(d.I) + ", " + std::to_string(d.H) + ", " +
+                          std::to_string(d.P));
+  if (w.k != &kt)
+    throw py::value_error("packed: made by the " + w.isa + " kernels, but " +
+                          lstmx::backend().isa + " is active now: pack (freeze) again");
+  return w.p;
+}
+
 // The variants of one call (lstmx.h, Options), as passed by lstmx.functional.
 struct Variant {
   py::object lengths = py::none(), peephole = py::none(), w_hr = py::none();
@@ -257,22 +278,7 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
   S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
   const auto& kt = table<S>(lstmx::backend());
-  const lstmx::Packed<S>* pk = nullptr;
-  if (!v.packed.is_none()) {
-    if (!py::isinstance<Packed<S>>(v.packed))
-      throw py::type_error(std::string("packed: expected weights packed in ") +
-                           (sizeof(S) == 4 ? "float32" : "float64"));
-    const auto& w = v.packed.cast<const Packed<S>&>();
-    if (w.I != d.I || w.H != d.H || w.P != d.P)
-      throw py::value_error("packed: made for I, H, P = " + std::to_string(w.I) + ", " +
-                            std::to_string(w.H) + ", " + std::to_string(w.P) + ", got " +
-                            std::to_string(d.I) + ", " + std::to_string(d.H) + ", " +
-                            std::to_string(d.P));
-    if (w.k != &kt)
-      throw py::value_error("packed: made by the " + w.isa + " kernels, but " +
-                            lstmx::backend().isa + " is active now: pack (freeze) again");
-    pk = w.p;
-  }
+  const lstmx::Packed<S>* pk = packed_ptr<S>(v.packed, d, kt);
   std::shared_ptr<Cache<S>> cache;
   {
     py::gil_scoped_release nogil;
@@ -330,59 +336,141 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   return py::make_tuple(dx, dh0, dc0, dwih, dwhh, db, dpeep, dwhr, dln);
 }
 
-// One step through L layers (lstmx.h, lstm_step): layers is a sequence of L tuples
-// (w_ih, w_hh, b_ih, b_hh, w_hr, peephole), None where absent. Returns y [B, R] and the new
-// state h [L, B, R], c [L, B, H].
+// The arguments of a streaming step through L layers (lstmx.h, lstm_step) but its input and
+// state, checked once: LSTM.step keeps one while its parameter arrays stay the same objects,
+// FrozenLSTM.step for good. layers is a sequence of L tuples (w_ih, w_hh, b_ih, b_hh, w_hr,
+// peephole[, packed]), None where absent; packed (from pack()) is read instead of w_ih, w_hh
+// and w_hr.
 template <typename S>
-py::tuple step(const py::array& x, const py::array& h, const py::array& c,
-               const py::sequence& layers, double clip, bool input_forget, double zoneout_h,
-               double zoneout_c) {
-  if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array [B, I]");
-  if (h.ndim() != 3 || c.ndim() != 3) throw py::value_error("h, c: expected 3-D arrays [L, B, *]");
-  const Index L = h.shape(0);
-  if (L < 1 || Index(py::len(layers)) != L)
-    throw py::value_error("layers: expected one tuple per layer of h, got " +
-                          std::to_string(py::len(layers)) + " for " + std::to_string(L));
-  Dims d;
-  d.T = 1, d.B = x.shape(0), d.I = x.shape(1), d.H = c.shape(2);
-  const Index R = h.shape(2);
-  if (R != d.H) d.P = R;
-  if (d.P && (d.P <= 0 || d.P >= d.H)) throw py::value_error("h: expected 0 < P < H units");
-  check_sizes<S>(d);
-  std::vector<lstmx::StepLayer<S>> ls(L);
-  for (Index k = 0; k < L; ++k) {
-    const py::tuple t = layers[k].cast<py::tuple>();
-    if (t.size() != 6) throw py::value_error("layers: expected 6-tuples");
-    const Index I = k ? R : d.I;
-    auto& l = ls[k];
-    l.w_ih = in_ptr<S>(t[0], "w_ih", {4 * d.H, I});
-    l.w_hh = in_ptr<S>(t[1], "w_hh", {4 * d.H, R});
-    l.b_ih = in_ptr<S>(t[2], "b_ih", {4 * d.H});
-    l.b_hh = in_ptr<S>(t[3], "b_hh", {4 * d.H});
-    if (!l.b_ih != !l.b_hh) throw py::value_error("b_ih, b_hh: expected both or neither");
-    l.w_hr = in_ptr<S>(t[4], "w_hr", {d.P, d.H});
-    if (!d.P != !l.w_hr)
-      throw py::value_error("w_hr: expected one exactly when h has P < H units");
-    l.peephole = in_ptr<S>(t[5], "peephole", {3, d.H});
+struct StepPlan {
+  py::list layers;  // the tuples: they keep the arrays alive
+  Dims d;           // I, H, P (B comes with each call)
+  Index L;
+  std::vector<lstmx::StepLayer<S>> ls;
+  lstmx::Options<S> opt;
+  const lstmx::KernelTable<S>* packed_by = nullptr;  // the kernels that packed, if any layer is
+  py::object state_type;  // (h, c) -> the state that call() returns (lstmx.StreamState)
+  py::tuple names, params;  // the owner's attribute names, and the arrays the plan came from
+
+  StepPlan(const py::sequence& layer_seq, double clip, bool input_forget, double zoneout_h,
+           double zoneout_c, py::object state, py::tuple owner_names, py::tuple owner_params)
+      : layers(layer_seq), state_type(std::move(state)), names(std::move(owner_names)),
+        params(std::move(owner_params)) {
+    L = Index(py::len(layers));
+    if (L < 1) throw py::value_error("layers: expected at least one layer");
+    if (names.size() != params.size())
+      throw py::value_error("names, params: expected tuples of the same length");
+    const py::tuple t0 = layers[0].cast<py::tuple>();
+    if (t0.size() < 2 || !py::isinstance<py::array>(t0[0]) || !py::isinstance<py::array>(t0[1]))
+      throw py::value_error("layers: expected tuples (w_ih, w_hh, ...) of arrays");
+    const auto w_ih = t0[0].cast<py::array>(), w_hh = t0[1].cast<py::array>();
+    if (w_ih.ndim() != 2 || w_hh.ndim() != 2 || w_hh.shape(0) % 4)
+      throw py::value_error("layers[0]: expected w_ih [4H, I] and w_hh [4H, R]");
+    d.T = 1, d.I = w_ih.shape(1), d.H = w_hh.shape(0) / 4;
+    const Index R = w_hh.shape(1);
+    if (R != d.H) d.P = R;
+    if (d.P && (d.P <= 0 || d.P >= d.H)) throw py::value_error("w_hh: expected 0 < P < H units");
+    check_sizes<S>(d);
+    ls.resize(L);
+    const auto& kt = table<S>(lstmx::backend());
+    for (Index k = 0; k < L; ++k) {
+      const py::tuple t = layers[k].cast<py::tuple>();
+      if (t.size() != 6 && t.size() != 7)
+        throw py::value_error("layers: expected 6- or 7-tuples");
+      Dims dk = d;
+      dk.I = k ? R : d.I;
+      auto& l = ls[k];
+      l.w_ih = in_ptr<S>(t[0], "w_ih", {4 * d.H, dk.I});
+      l.w_hh = in_ptr<S>(t[1], "w_hh", {4 * d.H, R});
+      l.b_ih = in_ptr<S>(t[2], "b_ih", {4 * d.H});
+      l.b_hh = in_ptr<S>(t[3], "b_hh", {4 * d.H});
+      if (!l.b_ih != !l.b_hh) throw py::value_error("b_ih, b_hh: expected both or neither");
+      l.w_hr = in_ptr<S>(t[4], "w_hr", {d.P, d.H});
+      if (!d.P != !l.w_hr)
+        throw py::value_error("w_hr: expected one exactly when w_hh has P < H columns");
+      l.peephole = in_ptr<S>(t[5], "peephole", {3, d.H});
+      if (t.size() == 7 && (l.packed = packed_ptr<S>(t[6], dk, kt))) packed_by = &kt;
+    }
+    Variant v;
+    v.clip = clip, v.input_forget = input_forget, v.zoneout_h = zoneout_h;
+    v.zoneout_c = zoneout_c;
+    std::vector<S> ln;  // no layer norm
+    opt = options<S>(v, d, ln);
   }
-  const S* px = in_ptr<S>(x, "x", {d.B, d.I});
-  const S* ph = in_ptr<S>(h, "h", {L, d.B, R});
-  const S* pc = in_ptr<S>(c, "c", {L, d.B, d.H});
-  Variant v;
-  v.clip = clip, v.input_forget = input_forget, v.zoneout_h = zoneout_h, v.zoneout_c = zoneout_c;
-  std::vector<S> ln;
-  const lstmx::Options<S> opt = options<S>(v, d, ln);
-  auto y = out<S>({d.B, R});
-  auto ho = out<S>({L, d.B, R}), co = out<S>({L, d.B, d.H});
-  S *pho = ho.mutable_data(), *pco = co.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    table<S>(lstmx::backend()).step(lstmx::num_threads(), d, L, ls.data(), opt, px, ph, pc, pho,
-                                    pco);
-    std::copy_n(pho + (L - 1) * d.B * R, d.B * R, y.mutable_data());
+
+  // x [B, I], h [L, B, R], c [L, B, H] (checked) -> (y [B, R], h_new, c_new).
+  py::tuple run(const py::array& x, const py::array& h, const py::array& c) const {
+    if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array [B, I]");
+    if (h.ndim() != 3 || c.ndim() != 3)
+      throw py::value_error("h, c: expected 3-D arrays [L, B, *]");
+    if (h.shape(0) != L)
+      throw py::value_error("layers: expected one tuple per layer of h, got " +
+                            std::to_string(L) + " for " + std::to_string(h.shape(0)));
+    const Index B = x.shape(0), R = d.R();
+    return run_on(B, in_ptr<S>(x, "x", {B, d.I}), in_ptr<S>(h, "h", {L, B, R}),
+                  in_ptr<S>(c, "c", {L, B, d.H}));
   }
-  return py::make_tuple(y, ho, co);
-}
+
+  // The fast path of LSTM.step: (y, state_type(h_new, c_new)) if x is exactly a C-contiguous,
+  // aligned numpy array [B, I] of S, state a tuple of such h [L, B, R] and c [L, B, H], and
+  // owner (a dict, or None) still holds params under names; else None (the caller checks and
+  // converts them, or makes a new plan).
+  py::object call(const py::handle& x, const py::handle& state, const py::handle& owner) const {
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      if (!PyDict_Check(owner.ptr())) return py::none();
+      PyObject* v = PyDict_GetItem(owner.ptr(), names[i].ptr());  // borrowed, or NULL
+      if ((v ? v : Py_None) != params[i].ptr()) return py::none();
+    }
+    if (!PyTuple_Check(state.ptr()) || PyTuple_GET_SIZE(state.ptr()) != 2) return py::none();
+    const S* px = exact<S>(x, 2, {-1, d.I});
+    if (!px) return py::none();
+    const Index B = py::reinterpret_borrow<py::array>(x).shape(0);
+    const S* ph = exact<S>(PyTuple_GET_ITEM(state.ptr(), 0), 3, {L, B, d.R()});
+    const S* pc = exact<S>(PyTuple_GET_ITEM(state.ptr(), 1), 3, {L, B, d.H});
+    if (!ph || !pc) return py::none();
+    const py::tuple r = run_on(B, px, ph, pc);
+    return py::make_tuple(r[0], state_type.is_none() ? py::make_tuple(r[1], r[2])
+                                                     : state_type(r[1], r[2]));
+  }
+
+ private:
+  py::tuple run_on(Index B, const S* px, const S* ph, const S* pc) const {
+    Dims db = d;
+    db.B = B;
+    check_sizes<S>(db);
+    const auto& kt = table<S>(lstmx::backend());
+    if (packed_by && packed_by != &kt)
+      throw py::value_error(std::string("packed: made by other kernels than the ") +
+                            lstmx::backend().isa + " ones active now: pack (freeze) again");
+    const Index R = d.R();
+    auto y = out<S>({B, R});
+    auto ho = out<S>({L, B, R}), co = out<S>({L, B, d.H});
+    S *pho = ho.mutable_data(), *pco = co.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      kt.step(lstmx::num_threads(), db, L, ls.data(), opt, px, ph, pc, pho, pco);
+      std::copy_n(pho + (L - 1) * B * R, B * R, y.mutable_data());
+    }
+    return py::make_tuple(y, ho, co);
+  }
+
+  // The data of o if it is exactly a numpy.ndarray of S, C-contiguous and aligned, with ndim
+  // dimensions equal to shape (-1: any); else nullptr. Raises nothing.
+  template <typename T>
+  static const T* exact(const py::handle& o, int ndim, std::initializer_list<Index> shape) {
+    const auto& api = py::detail::npy_api::get();
+    if (Py_TYPE(o.ptr()) != reinterpret_cast<PyTypeObject*>(api.PyArray_Type_) ||
+        !py::isinstance<py::array_t<T>>(o))
+      return nullptr;
+    const auto a = py::reinterpret_borrow<py::array>(o);
+    const int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if ((a.flags() & need) != need || a.ndim() != ndim) return nullptr;
+    const Index* n = shape.begin();
+    for (int i = 0; i < ndim; ++i)
+      if (n[i] >= 0 && a.shape(i) != n[i]) return nullptr;
+    return static_cast<const T*>(a.data());
+  }
+};
 
 // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] or None, packed by the active kernels.
 template <typename S>
@@ -405,6 +493,15 @@ std::shared_ptr<Packed<S>> pack(const py::array& w_ih, const py::array& w_hh,
   const auto& b = lstmx::backend();
   py::gil_scoped_release nogil;
   return std::make_shared<Packed<S>>(d, table<S>(b), b.isa, pwih, pwhh, pwhr);
+}
+
+template <typename S>
+void bind_step(py::module_& m, const char* name) {
+  py::class_<StepPlan<S>>(m, name, "A streaming step's checked layers and options.")
+      .def("run", &StepPlan<S>::run, py::arg("x"), py::arg("h"), py::arg("c"),
+           "x [B, I], h [L, B, R], c [L, B, H] -> (y [B, R], h_new, c_new).")
+      .def("__call__", &StepPlan<S>::call, py::arg("x"), py::arg("state"), py::arg("owner"),
+           "(y, state_type(h_new, c_new)), or None where an argument needs checking.");
 }
 
 template <typename S>
@@ -475,17 +572,26 @@ PYBIND11_MODULE(_core, m) {
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
         py::arg("layer_norm") = py::none(), py::arg("packed") = py::none());
-  m.def("step", [](const py::array& x, const py::array& h, const py::array& c,
-                   const py::sequence& layers, double clip, bool input_forget, double zoneout_h,
-                   double zoneout_c) {
-    if (py::isinstance<py::array_t<float>>(x))
-      return step<float>(x, h, c, layers, clip, input_forget, zoneout_h, zoneout_c);
-    if (py::isinstance<py::array_t<double>>(x))
-      return step<double>(x, h, c, layers, clip, input_forget, zoneout_h, zoneout_c);
-    throw py::type_error("x: expected a numpy array of float32 or float64");
-  }, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("layers"), py::arg("clip") = 0.0,
-        py::arg("input_forget") = false, py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
-        "One inference step through stacked layers (lstmx.h, lstm_step): (y, h_new, c_new).");
+  bind_step<float>(m, "StepPlan_f32");
+  bind_step<double>(m, "StepPlan_f64");
+  m.def("step_plan", [](const py::sequence& layers, double clip, bool input_forget,
+                        double zoneout_h, double zoneout_c, const py::object& state_type,
+                        const py::tuple& names, const py::tuple& params) -> py::object {
+    py::object w = py::none();  // w_ih of the first layer
+    if (py::len(layers) && py::isinstance<py::tuple>(layers[0]) && py::len(layers[0]))
+      w = layers[0].cast<py::tuple>()[0];
+    if (py::isinstance<py::array_t<float>>(w))
+      return py::cast(StepPlan<float>(layers, clip, input_forget, zoneout_h, zoneout_c,
+                                      state_type, names, params));
+    if (py::isinstance<py::array_t<double>>(w))
+      return py::cast(StepPlan<double>(layers, clip, input_forget, zoneout_h, zoneout_c,
+                                       state_type, names, params));
+    throw py::type_error("layers[0][0] (w_ih): expected a numpy array of float32 or float64");
+  }, py::arg("layers"), py::arg("clip") = 0.0, py::arg("input_forget") = false,
+        py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
+        py::arg("state_type") = py::none(), py::arg("names") = py::tuple(),
+        py::arg("params") = py::tuple(),
+        "A streaming step's checked layers and options (lstmx.h, lstm_step).");
   m.def("uniform", [](std::uint64_t seed, std::uint64_t stream, Index count) {
     if (count < 0 || count > (Index(1) << 40)) throw py::value_error("count: expected 0..2**40");
     auto u = out<double>({count});

@@ -155,7 +155,12 @@ void with_team(int threads, Index items, double flops, F&& f) {
   const Index by_flops = std::max<Index>(1, Index(flops / 65536.0));
   const int nt = int(std::max<Index>(1, std::min<Index>({Index(threads), items, by_flops})));
   Errors err;
-#pragma omp parallel num_threads(nt) if (nt > 1)
+  if (nt == 1) {  // no team: libgomp's barriers make a futex syscall even in a team of one
+    FlushDenormals ftz;
+    f(0, 1, err);  // (an orphaned omp barrier returns at once)
+    return err.rethrow();
+  }
+#pragma omp parallel num_threads(nt)
   {
     FlushDenormals ftz;
     int tid = 0, n = 1;
@@ -1754,10 +1759,15 @@ template <typename S>
 void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
                const Options<S>& opt, const S* x, const S* h, const S* c, S* h_out, S* c_out) {
   using P = Pk<S>;
-  constexpr Index V = kV<S>;
+  constexpr Index V = kV<S>, W = 4 * V;
   const Index B = d.B, H = d.H, R = d.R(), nb = ceil_div(H, V), nbr = ceil_div(d.P, V);
   if (opt.ln || opt.lengths || opt.reverse || opt.recurrent_dropout > 0)
     throw std::invalid_argument("lstm_step: no layer norm, lengths, reverse or dropout");
+  for (Index k = 0; k < L; ++k) {
+    const Packed<S>* pk = layers[k].packed;
+    if (pk && (pk->I != (k ? R : d.I) || pk->H != H || pk->P != d.P))
+      throw std::invalid_argument("packed: made for other sizes");
+  }
   if (B == 0 || H == 0) return;
   const P one = ei::pset1<P>(1);
   const Clamps<S> clamp(opt.clip);
@@ -1768,8 +1778,10 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
     Index b0, b1, r0, r1;
     share(nb, nt, tid, b0, b1);  // this thread's units: blocks [b0, b1) of V
     share(nbr, nt, tid, r0, r1);  // and of P, when projected
-    Buf<S> z;
-    err.run([&] { z.resize(B * 4 * V); });  // [B, 4, V] pre-activations of one block
+    Index q0, q1;
+    share(ceil_div(d.P, W), nt, tid, q0, q1);  // or its packed panels of 4V units
+    Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' partial sums
+    err.run([&] { z.resize(B * W), part.resize(B * W); });
     for (Index k = 0; k < L; ++k) {
       Dims dk = d;
       dk.I = k ? R : d.I;
@@ -1785,32 +1797,79 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
         }
         store(ho + b * R + j0, hv, nv);
       };
+      // The cell of entry b, units [j0, j0 + nv), from its pre-activations.
+      auto cell = [&](Index b, Index j0, Index nv, P zi, P zf, P zg, P zo)
+                      __attribute__((always_inline)) {
+        const P c0 = load(ck + b * H + j0, nv);
+        const CellOut<S> cl = cell_forward(ok, clamp, H, j0, nv, c0, zi, zf, zg, zo);
+        P cv = cl.cn;
+        if (opt.zoneout_c > 0) {
+          const P z = zoneout<S>(opt, kZoneoutC, false, opt.zoneout_c, 0, B, b, H, j0, nv);
+          cv = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cl.cn));
+        }
+        store(co + b * H + j0, cv, nv);
+        const P r = ei::pmul(cl.o, vtanh(cl.cn));
+        if (d.P) store(rs.data() + b * H + j0, r, nv);
+        else emit(b, j0, nv, r);
+      };
+      const StepLayer<S>& l = layers[k];
       err.run([&] {
         for (Index blk = b0; blk < b1; ++blk) {
           const Index j0 = blk * V, nv = std::min(V, H - j0);
-          step_gates(dk, layers[k], xk, hk, j0, nv, z.data());
+          if (l.packed) {  // panel blk: x W_ih^T + b into z, then + h W_hh^T and the cell
+            panel_rows<S>(
+                B, dk.I, l.packed->w[0] + blk * dk.I * W,
+                [&](Index b) __attribute__((always_inline)) { return xk + b * dk.I; },
+                [&](Index, int g) __attribute__((always_inline)) {
+                  return l.b_ih ? ei::padd(load(l.b_ih + g * H + j0, nv),
+                                           load(l.b_hh + g * H + j0, nv))
+                                : ei::pzero(one);
+                },
+                [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
+                  S* zb = z.data() + b * W;
+                  ei::pstore(zb, zi), ei::pstore(zb + V, zf);
+                  ei::pstore(zb + 2 * V, zg), ei::pstore(zb + 3 * V, zo);
+                },
+                part.data());
+            panel_rows<S>(
+                B, R, l.packed->w[1] + blk * R * W,
+                [&](Index b) __attribute__((always_inline)) { return hk + b * R; },
+                [&](Index b, int g) __attribute__((always_inline)) {
+                  return ei::pload<P>(z.data() + b * W + g * V);
+                },
+                [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
+                  cell(b, j0, nv, zi, zf, zg, zo);
+                },
+                part.data());
+            continue;
+          }
+          step_gates(dk, l, xk, hk, j0, nv, z.data());
           for (Index b = 0; b < B; ++b) {
-            const S* zb = z.data() + b * 4 * V;
-            const P c0 = load(ck + b * H + j0, nv);
-            const CellOut<S> cell =
-                cell_forward(ok, clamp, H, j0, nv, c0, ei::pload<P>(zb), ei::pload<P>(zb + V),
-                             ei::pload<P>(zb + 2 * V), ei::pload<P>(zb + 3 * V));
-            P cv = cell.cn;
-            if (opt.zoneout_c > 0) {
-              const P z = zoneout<S>(opt, kZoneoutC, false, opt.zoneout_c, 0, B, b, H, j0, nv);
-              cv = ei::padd(ei::pmul(z, c0), ei::pmul(ei::psub(one, z), cell.cn));
-            }
-            store(co + b * H + j0, cv, nv);
-            const P r = ei::pmul(cell.o, vtanh(cell.cn));
-            if (d.P) store(rs.data() + b * H + j0, r, nv);
-            else emit(b, j0, nv, r);
+            const S* zb = z.data() + b * W;
+            cell(b, j0, nv, ei::pload<P>(zb), ei::pload<P>(zb + V), ei::pload<P>(zb + 2 * V),
+                 ei::pload<P>(zb + 3 * V));
           }
         }
       });
       if (d.P) {
         barrier();  // r_t complete
         err.run([&] {
-          for (Index blk = r0; blk < r1; ++blk) {
+          for (Index p = q0; l.packed && p < q1; ++p) {  // packed: panels of 4V units of P
+            const Index u0 = p * W;
+            panel_rows<S>(
+                B, H, l.packed->w[2] + p * H * W,
+                [&](Index b) __attribute__((always_inline)) { return rs.data() + b * H; },
+                [&](Index, int) __attribute__((always_inline)) { return ei::pzero(one); },
+                [&](Index b, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+                  const P a[4] = {a0, a1, a2, a3};
+                  for (int g = 0; g < 4; ++g) {
+                    const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
+                    if (nv) emit(b, u0 + g * V, nv, a[g]);
+                  }
+                },
+                part.data());
+          }
+          for (Index blk = r0; !l.packed && blk < r1; ++blk) {
             const Index j0 = blk * V, nv = std::min(V, d.P - j0);
             for (Index b = 0; b < B; ++b) {
               alignas(64) S hv[kV<S>] = {};
@@ -1827,7 +1886,7 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
           }
         });
       }
-      barrier();  // layer k's h complete: the next layer's input
+      if (k + 1 < L) barrier();  // layer k's h complete: the next layer's input
     }
   });
 }

@@ -336,13 +336,17 @@ struct StepLayer {
   const S* b_hh;      // [4H]
   const S* w_hr;      // [P, H] when d.P > 0
   const S* peephole;  // [3, H] or nullptr
+  const Packed<S>* packed = nullptr;  // w_ih, w_hh, w_hr packed for this layer's sizes (then
+                                      // read from it only), or nullptr: read as they are
 };
 
 // One time step of inference through L stacked layers, for streaming at small batch sizes:
 // x [B, I]; h [L, B, R], c [L, B, H] the state; writes the new state h_out [L, B, R], c_out
 // [L, B, H] (not overlapping the inputs; y is h_out[L - 1]). Reads W_ih and W_hh as they are,
 // without packing (no per-call copy of the weights): each thread owns a slice of hidden units
-// and computes its gates as dot products; one barrier per layer (two with a projection).
+// and computes its gates as dot products; one barrier per layer (two with a projection). A
+// layer with packed weights (LSTM.freeze) runs the forward kernels' panels instead: one
+// sequential stream of weights per thread, no reductions across lanes.
 // Options: clip, input_forget, zoneout_h/c (their expectation); the peepholes
 // come per layer. Layer norm, lengths, reverse and dropout throw std::invalid_argument. The
 // results equal lstm_forward's over T = 1 up to rounding (sums run in another order).
@@ -372,7 +376,7 @@ struct KernelTable {
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 6;
+constexpr int kBackendAbi = 7;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

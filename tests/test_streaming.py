@@ -25,7 +25,8 @@ def _tol(dtype: Any) -> float:
     return 1e-6 if np.dtype(dtype) == np.float32 else 1e-12
 
 
-def _stepped(m: lstmx.LSTM, x: np.ndarray, state: Any = None) -> tuple[np.ndarray, Any]:
+def _stepped(m: lstmx.LSTM | lstmx.FrozenLSTM, x: np.ndarray, state: Any = None
+             ) -> tuple[np.ndarray, Any]:
     ys = []
     for t in range(x.shape[0]):
         y, state = m.step(x[t], state)
@@ -33,13 +34,15 @@ def _stepped(m: lstmx.LSTM, x: np.ndarray, state: Any = None) -> tuple[np.ndarra
     return np.stack(ys), state
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_step_equals_sequence(kw: dict[str, Any], dtype: Any) -> None:
+def test_step_equals_sequence(kw: dict[str, Any], dtype: Any, frozen: bool) -> None:
     m = lstmx.LSTM(4, 5, dtype=dtype, seed=1, **kw)
     x = np.random.default_rng(0).standard_normal((7, 3, 4)).astype(dtype)
     y, (h_n, c_n) = m(x)
-    ys, state = _stepped(m, x, m.initial_state(3))
+    s = m.freeze() if frozen else m  # frozen: the packed weights
+    ys, state = _stepped(s, x, s.initial_state(3))
     tol = _tol(dtype)
     assert isinstance(state, lstmx.StreamState) and state.h.dtype == dtype
     np.testing.assert_allclose(ys, y, rtol=0, atol=tol)
@@ -58,22 +61,26 @@ KERNEL_VARIANTS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", KERNEL_VARIANTS)
-def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any) -> None:
+def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any,
+                                  frozen: bool) -> None:
     m = lstmx.LSTM(37, 70, dtype=dtype, seed=3, **kw)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 5, 37)).astype(dtype)
     h0, c0 = (rng.standard_normal(a.shape).astype(dtype) for a in m.initial_state(5))
     y, (h_n, c_n) = m(x, (h0, c0))
-    ys, state = _stepped(m, x, (h0, c0))
+    ys, state = _stepped(m.freeze() if frozen else m, x, (h0, c0))
     for got, want, what in ((ys, y, "y"), (state.h, h_n, "h_n"), (state.c, c_n, "c_n")):
         assert_close(got, want, dtype, f"{what} at {isa}")
 
 
-def test_step_same_for_any_thread_count(isa: str) -> None:
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
+def test_step_same_for_any_thread_count(isa: str, frozen: bool) -> None:
     """Each unit's sums run in a fixed order, however the units are split among threads."""
-    m = lstmx.LSTM(50, 130, num_layers=2, proj_size=40, peephole=True, seed=0)
+    lay = lstmx.LSTM(50, 130, num_layers=2, proj_size=40, peephole=True, seed=0)
+    m = lay.freeze() if frozen else lay
     x = np.random.default_rng(5).standard_normal((3, 50)).astype(np.float32)
     old = lstmx.get_num_threads()
     try:
@@ -95,21 +102,63 @@ def test_core_step_checks_its_arguments() -> None:
     layers = [m._step_pass(k).layer for k in range(2)]
     x = np.zeros((1, 3), np.float32)
     h, c = m.initial_state(1)
-    _core.step(x, h, c, layers)
+    plan = _core.step_plan(layers)
+    plan.run(x, h, c)
     with pytest.raises(ValueError, match="layers: expected one tuple per layer"):
-        _core.step(x, h, c, layers[:1])
+        _core.step_plan(layers[:1]).run(x, h, c)
     with pytest.raises(ValueError, match="w_hr: expected one exactly"):
-        _core.step(x, h, c, [lay[:4] + (None,) + lay[5:] for lay in layers])
-    with pytest.raises(ValueError, match=r"w_ih: expected shape \(16, 3\)"):
-        _core.step(x, h, c, [layers[1], layers[1]])
+        _core.step_plan([lay[:4] + (None,) + lay[5:] for lay in layers])
+    with pytest.raises(ValueError, match=r"w_ih: expected shape \(16, 2\)"):
+        _core.step_plan([layers[0], layers[0]])  # layer 1's input is h: R = 2
+    with pytest.raises(ValueError, match=r"x: expected shape \(1, 2\)"):
+        _core.step_plan([layers[1], layers[1]]).run(x, h, c)  # I = 2 from w_ih
     with pytest.raises(ValueError, match=r"c: expected shape \(2, 1, 4\)"):
-        _core.step(x, h, c[:1], layers)
+        plan.run(x, h, c[:1])
     with pytest.raises(ValueError, match="x: expected a 2-D"):
-        _core.step(x[None], h, c, layers)
+        plan.run(x[None], h, c)
     with pytest.raises(TypeError, match="b_ih: expected a numpy array of float32"):
-        _core.step(x, h, c, [lay[:2] + (lay[2].astype(np.float64),) + lay[3:] for lay in layers])
+        _core.step_plan([lay[:2] + (lay[2].astype(np.float64),) + lay[3:] for lay in layers])
     with pytest.raises(ValueError, match="zoneout_h: expected a probability"):
-        _core.step(x, h, c, layers, zoneout_h=1.5)
+        _core.step_plan(layers, zoneout_h=1.5)
+    with pytest.raises(TypeError, match=r"layers\[0\]\[0\] \(w_ih\): expected a numpy"):
+        _core.step_plan([(layers[0][0].astype(np.int32),) + layers[0][1:]])
+    packed = _core.pack(*layers[1][:2], layers[1][4])  # layer 1's sizes: I = 2, not 3
+    with pytest.raises(ValueError, match=r"packed: made for I, H, P = 2, 4, 2, got 3, 4, 2"):
+        _core.step_plan([layers[0] + (packed,), layers[1] + (packed,)])
+    with pytest.raises(TypeError, match="packed: expected weights packed in float32"):
+        _core.step_plan([layers[0] + (np.zeros(3),), layers[1]])
+    # the fast path answers None wherever the caller must check (and convert) the arguments
+    owner = {"w": layers[0][0]}
+    fast = _core.step_plan(layers, names=("w",), params=(layers[0][0],))
+    y, state = fast(x, (h, c), owner)
+    np.testing.assert_array_equal(y, plan.run(x, h, c)[0])
+    assert type(state) is tuple and len(state) == 2
+    for args in [(x.astype(np.float64), (h, c)), (x[:, :2], (h, c)), (x.T, (h, c)),
+                 (x.tolist(), (h, c)), (x, None), (x, [h, c]), (x, (h, c, c)), (x, (h, c[:1])),
+                 (x, (h[:, :, :1], c)), (x, (np.asfortranarray(h), c)),
+                 (np.ma.masked_array(x), (h, c)), (np.zeros((2, 3), np.float32), (h, c))]:
+        assert fast(*args, owner) is None
+    assert fast(x, (h, c), {"w": layers[0][0].copy()}) is None  # a replaced parameter
+    assert fast(x, (h, c), {}) is None
+    assert fast(x, (h, c), None) is None
+
+
+def test_frozen_step_refuses_other_kernels() -> None:
+    """A frozen layer's packing belongs to the kernels that were active when it was made."""
+    isas = lstmx.config()["isas_available"]
+    if len(isas) < 2:
+        pytest.skip("this CPU has one kernel level")
+    m = lstmx.LSTM(3, 5, seed=0).freeze()
+    x = np.ones((1, 3), np.float32)
+    state = m.step(x)[1]
+    old = str(lstmx.config()["isa"])
+    _core.set_isa(isas[-1] if old != isas[-1] else isas[0])
+    try:
+        with pytest.raises(ValueError, match="pack .freeze. again"):
+            m.step(x, state)
+    finally:
+        _core.set_isa(old)
+    m.step(x, state)
 
 
 def test_state_none_and_handover() -> None:

@@ -72,13 +72,25 @@ def backward(cache: _Cache, dy: _Array | None, dh_n: _Array | None,
     """Backpropagate through the forward pass that made ``cache`` (one overload per dtype)."""
 def _activations(x: npt.ArrayLike) -> tuple[_Floats, _Floats]:
     """Test hook: the active kernels' vectorised ``(sigmoid(x), tanh(x))``, elementwise."""
-def step(x: _Array, h: _Array, c: _Array,
-         layers: Sequence[tuple[_Array, _Array, _Array | None, _Array | None, _Array | None,
-                                _Array | None]],
-         clip: float = 0.0, input_forget: bool = False, zoneout_h: float = 0.0,
-         zoneout_c: float = 0.0) -> tuple[_Floats, _Floats, _Floats]:
-    """One inference step through stacked layers (lstmx.h, lstm_step): ``(y, h_new, c_new)``;
-    ``layers``: one ``(w_ih, w_hh, b_ih, b_hh, w_hr, peephole)`` per layer."""
+class _StepPlan:  # stub-only: what StepPlan_f32 and StepPlan_f64 both have
+    """A streaming step's checked layers and options (lstmx.h, lstm_step; one class per
+    dtype)."""
+    def run(self, x: _Array, h: _Array, c: _Array) -> tuple[_Floats, _Floats, _Floats]:
+        """``x [B, I]``, ``h [L, B, R]``, ``c [L, B, H]`` -> ``(y [B, R], h_new, c_new)``."""
+    def __call__(self, x: object, state: object, owner: dict[str, Any] | None
+                 ) -> tuple[_Floats, Any] | None:
+        """``(y, state_type(h_new, c_new))``, or None where an argument needs checking."""
+class StepPlan_f32(_StepPlan):
+    """A float32 step plan."""
+class StepPlan_f64(_StepPlan):
+    """A float64 step plan."""
+def step_plan(layers: Sequence[tuple[Any, ...]], clip: float = 0.0, input_forget: bool = False,
+              zoneout_h: float = 0.0, zoneout_c: float = 0.0, state_type: Any = None,
+              names: tuple[str, ...] = (), params: tuple[Any, ...] = ()
+              ) -> StepPlan_f32 | StepPlan_f64:
+    """A streaming step's checked layers and options (lstmx.h, lstm_step); ``layers``: one
+    ``(w_ih, w_hh, b_ih, b_hh, w_hr, peephole[, packed])`` per layer. Calls return None while
+    ``owner`` (a dict) does not hold ``params`` under ``names``."""
 def uniform(seed: int, stream: int, count: int) -> npt.NDArray[np.float64]:
     """The masks' hash (lstmx.h): uniform(seed, stream, idx) for idx < count, as float64."""
 def set_num_threads(n: int) -> None:

@@ -49,8 +49,8 @@ class StreamState(NamedTuple):
 class _StepPass(NamedTuple):
     """One layer's checked arguments for :meth:`LSTM.step`."""
 
-    # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole)
-    layer: tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]
+    # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole[, packed])
+    layer: tuple[Any, ...]
     kw: dict[str, Any]  # _core.forward's keywords (the layer-norm path)
 
 
@@ -62,8 +62,9 @@ class _StepPlan(NamedTuple):
     names: tuple[str, ...]  # the parameters' attribute names
     params: tuple[Array | None, ...]  # the arrays themselves
     passes: list[_StepPass]
-    layers: list[tuple[Array, Array, Array | None, Array | None, Array | None, Array | None]]
-    options: tuple[float, bool, float, float]  # _core.step's clip, input_forget, zoneout h, c
+    layers: list[tuple[Any, ...]]  # each pass's layer
+    options: tuple[float, bool, float, float]  # clip, input_forget, zoneout h, c
+    core: Any  # _core.step_plan's of layers and options (None with layer norm)
 
 
 class _FrozenPass(NamedTuple):
@@ -519,14 +520,24 @@ class LSTM:
         ``bidirectional`` or ``reverse``, which need the future. The parameters are read at
         every call: in-place updates (``load_state_dict``) and replaced arrays both count.
         """
-        plan = self._step_plan()
+        plan = self.__dict__.get("_step_args")
+        if plan is not None and plan.core is not None:  # checks in C++, None if it needs ours
+            out = plan.core(x, state, self.__dict__)
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+        return self._step_with(self._step_plan(), x, state)
+
+    def _step_with(self, plan: _StepPlan, x: ArrayLike,
+                   state: StreamState | tuple[ArrayLike, ArrayLike] | None
+                   ) -> tuple[Array, StreamState]:
+        """:meth:`step` with the given plan (this layer's, or a frozen copy's)."""
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
                 and x.shape[1] == self.input_size and x.flags.c_contiguous
                 and x.flags.aligned):  # else the full checks
             x = self._step_input(x)
         h, c = self._step_state(state, x.shape[0])
         if not self.layer_norm:  # one call through every layer: lstmx.h, lstm_step
-            y, hn, cn = _core.step(x, h, c, plan.layers, *plan.options)
+            y, hn, cn = plan.core.run(x, h, c)
             return y, StreamState(hn, cn)
         inp = x[None]  # [1, B, I_k]; layer norm: a sequence of one step per layer
         hs, cs = [], []
@@ -591,8 +602,11 @@ class LSTM:
                       for n in self._STEP_NAMES)
         params = tuple(attrs.get(n) for n in names)
         passes = [self._step_pass(k) for k in range(self.num_layers)]
-        plan = _StepPlan(names, params, passes, [sp.layer for sp in passes],
-                         (self.clip or 0.0, self.input_forget, self.zoneout_h, self.zoneout_c))
+        layers = [sp.layer for sp in passes]
+        options = (self.clip or 0.0, self.input_forget, self.zoneout_h, self.zoneout_c)
+        core = None if self.layer_norm else _core.step_plan(layers, *options, StreamState,
+                                                            names, params)
+        plan = _StepPlan(names, params, passes, layers, options, core)
         # kept only if the kernels read the parameters themselves (no converted copies)
         if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
                for v in params):
@@ -659,7 +673,8 @@ class LSTM:
 class FrozenLSTM:
     """An :class:`LSTM`'s inference on fixed weights (made by :meth:`LSTM.freeze`): the same
     ``(y, (h_n, c_n)) = frozen(x, hx=None, lengths=None)`` as the layer's, bitwise, without
-    packing the weights in every call or checking them again. A snapshot: it holds its own
+    packing the weights in every call or checking them again, and the streaming
+    :meth:`step` on the packed weights (the faster one at B = 1). A snapshot: it holds its own
     copy of the layer. Pickles (packing again on load). The packing belongs to the kernels
     active when it was made: if they change (``_core.set_isa``), calls raise ``ValueError``
     until the layer is frozen again."""
@@ -670,6 +685,7 @@ class FrozenLSTM:
         self.layer = copy.deepcopy(layer)
         lay, D, R = self.layer, self.layer._D, self.layer._R
         self._passes: list[_FrozenPass] = []
+        self._step_args: _StepPlan | None = None  # step()'s, made on first use
         for k in range(lay.num_layers):
             for d in range(D):
                 p = lay._pass_params(k, d)
@@ -694,6 +710,32 @@ class FrozenLSTM:
         return y, state
 
     forward = __call__
+
+    def initial_state(self, batch: int) -> StreamState:
+        """The zero state of :meth:`step`, as :meth:`LSTM.initial_state`."""
+        return self.layer.initial_state(batch)
+
+    def step(self, x: ArrayLike, state: StreamState | tuple[ArrayLike, ArrayLike] | None = None
+             ) -> tuple[Array, StreamState]:
+        """One time step of online inference, as :meth:`LSTM.step` (equal up to rounding), on
+        the packed weights: each thread reads its share of them as one sequential stream."""
+        plan = self._step_args
+        if plan is not None and plan.core is not None:  # checks in C++, None if it needs ours
+            out = plan.core(x, state, None)
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+        if plan is None:  # the layer's plan (its checks), with the packed weights added
+            base = self.layer._step_plan()
+            packs = [fp.kw["packed"] for fp in self._passes]  # one pass a layer: no bidirectional
+            layers = [lay + (pk,) for lay, pk in zip(base.layers, packs)]
+            plan = base._replace(
+                passes=[sp._replace(kw={**sp.kw, "packed": pk})
+                        for sp, pk in zip(base.passes, packs)],
+                layers=layers,
+                core=None if base.core is None else _core.step_plan(
+                    layers, *base.options, StreamState))
+            self._step_args = plan
+        return self.layer._step_with(plan, x, state)
 
     @property
     def nbytes(self) -> int:
