@@ -485,6 +485,26 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   }
 }
 
+// The projection h = r W_hr^T of one panel (Plain, K = H): units [u0, u0 + 4V) of the R = P,
+// for rows [0, B) with r's row b at a_row(b); emit(b, j0, nv, h) for each vector of units
+// [j0, j0 + nv) that exists. (rows: as panel_rows'.)
+template <typename S, typename ARow, typename Emit>
+EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, const S* bp,
+                                       ARow&& a_row, Emit&& emit, S* part, Index rows = -1) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>;
+  panel_rows<S>(
+      B, H, bp, a_row, [&](Index, int) __attribute__((always_inline)) { return ei::pzero(P()); },
+      [&](Index b, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
+        const P a[4] = {a0, a1, a2, a3};
+        for (int g = 0; g < 4; ++g) {
+          const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
+          if (nv) emit(b, u0 + g * V, nv, a[g]);
+        }
+      },
+      part, rows);
+}
+
 // C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n] (or
 // c[crow[m] * ldc + n]): this thread's share. A(m, k) = a[m * sam + k], or with a_rows false A(m, k) = a[k * sam + m]: then
 // each block of A is first copied, k-major, into ap [kKC x kMC] (per-thread scratch), because
@@ -1245,21 +1265,12 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
         barrier();  // r_t complete
         err.run([&] {
           for (Index p = pr0; p < pr1; ++p) {
-            const Index u0 = p * W;  // units [u0, u0 + 4V) of P
-            panel_rows<S>(
-                Bs, H, pw.whr + p * H * W,
+            project_panel<S>(
+                Bs, H, R, p * W, pw.whr + p * H * W,
                 [&](Index k) __attribute__((always_inline)) {
                   return training ? cache->r.data() + (q.off[s] + k) * H : rs.data() + k * H;
                 },
-                [&](Index, int) __attribute__((always_inline)) { return ei::pzero(one); },
-                [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                  const P a[4] = {a0, a1, a2, a3};
-                  for (int g = 0; g < 4; ++g) {
-                    const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
-                    if (nv) emit(k, u0 + g * V, nv, a[g]);
-                  }
-                },
-                part.data());
+                emit, part.data());
           }
         });
       }
@@ -1509,24 +1520,16 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             else emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, r, y);
           }
         }
-        for (Index p = 0; p < npr; ++p) {  // h = r W_hr^T
-          const Index u0 = p * W;          // units [u0, u0 + 4V) of P
-          panel_rows<S>(
-              n, H, pw.whr + p * H * W,
+        for (Index p = 0; p < npr; ++p)  // h = r W_hr^T
+          project_panel<S>(
+              n, H, R, p * W, pw.whr + p * H * W,
               [&](Index i) __attribute__((always_inline)) {
                 return training ? cache->r.data() + (a + i) * H : rs.data() + (e0 + i) * H;
               },
-              zeros,
-              [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                const P av[4] = {a0, a1, a2, a3};
-                for (int g = 0; g < 4; ++g) {
-                  const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
-                  if (nv) emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), u0 + g * V, nv,
-                                 av[g], y);
-                }
+              [&](Index i, Index j0, Index nv, P h) __attribute__((always_inline)) {
+                emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), j0, nv, h, y);
               },
               part.data(), q.n[s]);
-        }
       });
     }
   });
@@ -1922,18 +1925,9 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
         barrier();  // r_t complete
         err.run([&] {
           for (Index p = q0; l.packed && p < q1; ++p) {  // packed: panels of 4V units of P
-            const Index u0 = p * W;
-            panel_rows<S>(
-                B, H, l.packed->w[2] + p * H * W,
-                [&](Index b) __attribute__((always_inline)) { return rs.data() + b * H; },
-                [&](Index, int) __attribute__((always_inline)) { return ei::pzero(one); },
-                [&](Index b, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                  const P a[4] = {a0, a1, a2, a3};
-                  for (int g = 0; g < 4; ++g) {
-                    const Index nv = std::clamp<Index>(R - u0 - g * V, 0, V);
-                    if (nv) emit(b, u0 + g * V, nv, a[g]);
-                  }
-                },
+            project_panel<S>(
+                B, H, R, p * W, l.packed->w[2] + p * H * W,
+                [&](Index b) __attribute__((always_inline)) { return rs.data() + b * H; }, emit,
                 part.data());
           }
           for (Index blk = r0; !l.packed && blk < r1; ++blk) {
