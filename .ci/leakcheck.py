@@ -102,7 +102,7 @@ def call_every_kernel() -> int:
         lambda: _core.forward(x, w_ih, w_hh, None, None, None, False, True, True, clip=1.0),
         lambda: _core.step_plan([(w_ih, w_hh[:, :4], None, None, None, None)]),
         lambda: _core.step_plan([(w_ih, w_hh, None, None, None, None)]).run(
-            x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 5), np.float32)),
+            x[0], np.ones((1, 2, 5), np.float32), np.ones((1, 2, 4), np.float32)),
         lambda: _core.step_plan([(w_ih, w_hh, None, None, None, None,
                                   _core.pack(w_ih[:, :3].copy(), w_hh))]),
         lambda: _core.forward(x[..., :3].copy(), w_ih[:, :3].copy(), w_hh, None, None, None,
@@ -112,13 +112,13 @@ def call_every_kernel() -> int:
         lambda: _core.set_isa("none"),
         lambda: lstmx.LSTM(2**40, 2**40),
     ]
-    for f in refused:
+    for i, f in enumerate(refused):
         try:
             f()
         except (TypeError, ValueError, MemoryError):
             calls += 1
         else:
-            raise AssertionError("a bad call was not refused")
+            raise AssertionError(f"bad call {i} (of refused) was not refused")
     return calls
 
 
