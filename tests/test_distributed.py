@@ -34,10 +34,10 @@ def full_batch() -> Any:
     return load_example().make_data(BATCH, seed=1)
 
 
-def grad_worker(rank: int, port: int, out: Path) -> None:
+def grad_worker(rank: int, store: str, out: Path) -> None:
     """One rank, in the example's process group."""
     ex = load_example()
-    with ex.process_group(rank, WORLD, port, timeout_s=TIMEOUT_S / 2):
+    with ex.process_group(rank, WORLD, store, timeout_s=TIMEOUT_S / 2):
         save_grads(ex, rank, out)
 
 
@@ -70,8 +70,8 @@ def test_ddp_gradients_equal_full_batch_gradients(tmp_path: Path) -> None:
 
     ex = load_example()
     ctx = multiprocessing.get_context("spawn")
-    port = ex.free_port()
-    procs = [ctx.Process(target=grad_worker, args=(r, port, tmp_path)) for r in range(WORLD)]
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=grad_worker, args=(r, store, tmp_path)) for r in range(WORLD)]
     for p in procs:
         p.start()
     try:
