@@ -49,7 +49,7 @@ class StreamState(NamedTuple):
 class _StepPass(NamedTuple):
     """One layer's checked arguments for :meth:`LSTM.step`."""
 
-    # _core.step's (w_ih, w_hh, b_ih, b_hh, w_hr, peephole[, packed])
+    # _core.step_plan's layer (w_ih, w_hh, b_ih, b_hh, w_hr, peephole[, packed])
     layer: tuple[Any, ...]
     kw: dict[str, Any]  # _core.forward's keywords (the layer-norm path)
 
@@ -614,7 +614,7 @@ class LSTM:
         return plan
 
     def _step_pass(self, k: int) -> _StepPass:
-        """Layer ``k``'s arguments of ``_core.step`` (and ``_core.forward``), through every
+        """Layer ``k``'s arguments of ``_core.step_plan`` (and ``_core.forward``), through every
         check of :func:`lstmx.lstm`."""
         p = self._pass_params(k, 0)
         x = np.zeros((1, 1, self.input_size if k == 0 else self._R), self.dtype)
