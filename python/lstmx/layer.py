@@ -518,7 +518,8 @@ class LSTM:
         Stepping ``x[0], x[1], ...`` gives the rows of ``lstm(x)``'s ``y`` and, at the end, its
         ``(h_n, c_n)``: inference semantics (no dropout, zoneout at its expectation). Not with
         ``bidirectional`` or ``reverse``, which need the future. The parameters are read at
-        every call: in-place updates (``load_state_dict``) and replaced arrays both count.
+        every call: in-place updates (``load_state_dict``) and replaced arrays both count. On
+        fixed weights, ``self.freeze().step`` is faster (:meth:`FrozenLSTM.step`).
         """
         plan = self.__dict__.get("_step_args")
         if plan is not None and plan.core is not None:  # checks in C++, None if it needs ours
