@@ -416,17 +416,17 @@ struct StepPlan {
   // owner (a dict, or None) still holds params under names; else None (the caller checks and
   // converts them, or makes a new plan).
   py::object call(const py::handle& x, const py::handle& state, const py::handle& owner) const {
+    if (names.size() && !PyDict_Check(owner.ptr())) return py::none();
     for (std::size_t i = 0; i < names.size(); ++i) {
-      if (!PyDict_Check(owner.ptr())) return py::none();
       PyObject* v = PyDict_GetItem(owner.ptr(), names[i].ptr());  // borrowed, or NULL
       if ((v ? v : Py_None) != params[i].ptr()) return py::none();
     }
     if (!PyTuple_Check(state.ptr()) || PyTuple_GET_SIZE(state.ptr()) != 2) return py::none();
-    const S* px = exact<S>(x, 2, {-1, d.I});
+    const S* px = exact(x, {-1, d.I});
     if (!px) return py::none();
     const Index B = py::reinterpret_borrow<py::array>(x).shape(0);
-    const S* ph = exact<S>(PyTuple_GET_ITEM(state.ptr(), 0), 3, {L, B, d.R()});
-    const S* pc = exact<S>(PyTuple_GET_ITEM(state.ptr(), 1), 3, {L, B, d.H});
+    const S* ph = exact(PyTuple_GET_ITEM(state.ptr(), 0), {L, B, d.R()});
+    const S* pc = exact(PyTuple_GET_ITEM(state.ptr(), 1), {L, B, d.H});
     if (!ph || !pc) return py::none();
     const py::tuple r = run_on(B, px, ph, pc);
     return py::make_tuple(r[0], state_type.is_none() ? py::make_tuple(r[1], r[2])
@@ -454,21 +454,19 @@ struct StepPlan {
     return py::make_tuple(y, ho, co);
   }
 
-  // The data of o if it is exactly a numpy.ndarray of S, C-contiguous and aligned, with ndim
-  // dimensions equal to shape (-1: any); else nullptr. Raises nothing.
-  template <typename T>
-  static const T* exact(const py::handle& o, int ndim, std::initializer_list<Index> shape) {
+  // The data of o if it is exactly a numpy.ndarray of S, C-contiguous and aligned, of this
+  // shape (-1: any size); else nullptr. Raises nothing.
+  static const S* exact(const py::handle& o, std::initializer_list<Index> shape) {
     const auto& api = py::detail::npy_api::get();
     if (Py_TYPE(o.ptr()) != reinterpret_cast<PyTypeObject*>(api.PyArray_Type_) ||
-        !py::isinstance<py::array_t<T>>(o))
+        !py::isinstance<py::array_t<S>>(o))
       return nullptr;
     const auto a = py::reinterpret_borrow<py::array>(o);
     const int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-    if ((a.flags() & need) != need || a.ndim() != ndim) return nullptr;
-    const Index* n = shape.begin();
-    for (int i = 0; i < ndim; ++i)
-      if (n[i] >= 0 && a.shape(i) != n[i]) return nullptr;
-    return static_cast<const T*>(a.data());
+    if ((a.flags() & need) != need || std::size_t(a.ndim()) != shape.size()) return nullptr;
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      if (shape.begin()[i] >= 0 && a.shape(i) != shape.begin()[i]) return nullptr;
+    return static_cast<const S*>(a.data());
   }
 };
 

@@ -62,7 +62,6 @@ class _StepPlan(NamedTuple):
     names: tuple[str, ...]  # the parameters' attribute names
     params: tuple[Array | None, ...]  # the arrays themselves
     passes: list[_StepPass]
-    layers: list[tuple[Any, ...]]  # each pass's layer
     options: tuple[float, bool, float, float]  # clip, input_forget, zoneout h, c
     core: Any  # _core.step_plan's of layers and options (None with layer norm)
 
@@ -607,7 +606,7 @@ class LSTM:
         options = (self.clip or 0.0, self.input_forget, self.zoneout_h, self.zoneout_c)
         core = None if self.layer_norm else _core.step_plan(layers, *options, StreamState,
                                                             names, params)
-        plan = _StepPlan(names, params, passes, layers, options, core)
+        plan = _StepPlan(names, params, passes, options, core)
         # kept only if the kernels read the parameters themselves (no converted copies)
         if all(v is None or (type(v) is np.ndarray and v.flags.c_contiguous and v.flags.aligned)
                for v in params):
@@ -728,13 +727,11 @@ class FrozenLSTM:
         if plan is None:  # the layer's plan (its checks), with the packed weights added
             base = self.layer._step_plan()
             packs = [fp.kw["packed"] for fp in self._passes]  # one pass a layer: no bidirectional
-            layers = [lay + (pk,) for lay, pk in zip(base.layers, packs)]
-            plan = base._replace(
-                passes=[sp._replace(kw={**sp.kw, "packed": pk})
-                        for sp, pk in zip(base.passes, packs)],
-                layers=layers,
-                core=None if base.core is None else _core.step_plan(
-                    layers, *base.options, StreamState))
+            passes = [_StepPass(sp.layer + (pk,), {**sp.kw, "packed": pk})
+                      for sp, pk in zip(base.passes, packs)]
+            core = None if base.core is None else _core.step_plan(
+                [sp.layer for sp in passes], *base.options, StreamState)
+            plan = base._replace(passes=passes, core=core)
             self._step_args = plan
         return self.layer._step_with(plan, x, state)
 
