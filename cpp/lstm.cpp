@@ -23,6 +23,7 @@
 #include <type_traits>
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -160,19 +161,70 @@ inline void share(Index items, int nt, int j, Index& a, Index& b) {
 // in libgomp's barrier instead.
 struct TeamBarrier {
   static constexpr int kSpin = 1 << 16;  // pauses before sleeping (libgomp spins 300000)
+  static constexpr int kCpus = 1024;     // CPUs it keeps track of
   alignas(64) std::atomic<int> arrived{0};
   alignas(64) std::atomic<int> phase{0};  // the futex word: 0 or 1
   std::atomic<int> sleepers{0};
+  std::atomic<int> started{0};  // threads that have begun (and are on their CPU)
+  alignas(64) std::atomic<std::uint64_t> cpus[kCpus / 64] = {};  // the CPUs the team is on
 };
 // The team this thread works in (with_team): its barrier, size, and whether the barrier is
-// lstmx's own (else libgomp's); and the phase this thread's last barrier ended in.
+// lstmx's own (else libgomp's); the phase this thread's last barrier ended in, and the CPU it
+// holds in bar->cpus (-1: none).
 struct TeamRef {
   TeamBarrier* bar = nullptr;
   int size = 1;
   bool own = false;
   int phase = 0;
+  int cpu = -1;
 };
 thread_local TeamRef tl_team;
+
+#if defined(__linux__)
+// Takes a CPU in the team's set: false if another thread of the team holds it.
+inline bool claim_cpu(TeamBarrier& t, int cpu) {
+  if (cpu < 0 || cpu >= TeamBarrier::kCpus) return true;
+  const std::uint64_t m = std::uint64_t(1) << (cpu % 64);
+  return !(t.cpus[cpu / 64].fetch_or(m, std::memory_order_acq_rel) & m);
+}
+inline void release_cpu(TeamBarrier& t, int cpu) {
+  if (cpu >= 0 && cpu < TeamBarrier::kCpus)
+    t.cpus[cpu / 64].fetch_and(~(std::uint64_t(1) << (cpu % 64)), std::memory_order_acq_rel);
+}
+
+// Keeps the team's threads on distinct CPUs: called as a thread starts its share and after it
+// wakes from sleep. If another thread of the team holds this thread's CPU, it moves to a CPU
+// the team does not hold, if it may run on one, and leaves its allowed CPUs as they were (a
+// thread pinned to one CPU stays). After the process has been idle for ~0.1 s, Linux on the
+// AMD VM often woke the team's worker on the CPU of the thread that woke it: two threads then
+// shared one CPU until the load balancer parted them, and every step waited for the one not
+// running (b16-h512 inference, 30 calls each after 0.1 s of sleep: 14-18 ms a call on average,
+// up to 69 ms, against 9 ms back to back; with this, 12-13 ms, at most 18).
+// ONNX Runtime's calls took 9.5-9.7 ms there.
+inline void keep_apart(TeamRef& r) {
+  TeamBarrier& t = *r.bar;
+  const int now = sched_getcpu();
+  if (now == r.cpu) return;
+  release_cpu(t, r.cpu);
+  r.cpu = now;
+  if (claim_cpu(t, now)) return;
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+  for (int k = 0; k < TeamBarrier::kCpus && k < CPU_SETSIZE; ++k)
+    if (CPU_ISSET(k, &allowed) && claim_cpu(t, k)) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(k, &one);
+      if (sched_setaffinity(0, sizeof one, &one) == 0) {  // moves it there now
+        sched_setaffinity(0, sizeof allowed, &allowed);
+        r.cpu = k;
+      } else {
+        release_cpu(t, k);
+      }
+      return;
+    }
+}
+#endif
 
 // Every thread of the team waits here until all have come; what each wrote before is then
 // visible to all.
@@ -203,6 +255,7 @@ inline void barrier() {
   while (t->phase.load(std::memory_order_seq_cst) != ph)  // (returns at once if it changed)
     syscall(SYS_futex, &t->phase, FUTEX_WAIT_PRIVATE, ph ^ 1, nullptr, nullptr, 0);
   t->sleepers.fetch_sub(1, std::memory_order_relaxed);
+  keep_apart(r);
 #endif
 }
 
@@ -236,7 +289,19 @@ void with_team(int threads, Index items, double flops, F&& f) {
     own = n <= procs;
 #endif
 #endif
-    tl_team = TeamRef{&bar, n, own, 0};
+    tl_team = TeamRef{&bar, n, own, 0, -1};
+#if defined(__linux__)
+    if (own) {  // every thread on a CPU of its own before any begins
+      keep_apart(tl_team);
+      bar.started.fetch_add(1, std::memory_order_acq_rel);
+      for (int i = 1; bar.started.load(std::memory_order_acquire) < n; ++i) {
+#if defined(__SSE2__)
+        _mm_pause();
+#endif
+        if (i % 256 == 0) sched_yield();  // to a thread of the team woken on this CPU
+      }
+    }
+#endif
     f(tid, n, err);
     tl_team = outer;
   }
