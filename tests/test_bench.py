@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ def test_tiny_run_writes_json_and_plot(torch: Any, tmp_path: Path,
         assert set(r["impls"]) == ours | peers
         assert all(t["median_s"] > 0 and t["gflops"] > 0 and t["reps"] == 2
                    for t in r["impls"].values())
+        # --repeats 2: two rounds of one call each, every implementation in turn
+        assert all(len(t["round_medians_s"]) == 2 for t in r["impls"].values())
         assert r["gemm_gflops"] > 0 and r["pct_of_gemm"] > 0
         assert set(r["speedup_vs"]) == peers
         assert all(v > 0 for v in r["speedup_vs"].values())
@@ -90,6 +92,28 @@ def test_tiny_run_writes_json_and_plot(torch: Any, tmp_path: Path,
     # Measured: all but the two on b1-h128.
     assert [t["met"] is not None for t in targets] == [True, True, False, True, False, True,
                                                        True, True, True, True]
+
+
+def test_rounds_share_out_the_budget() -> None:
+    """Each round gets its part of the calls and time; the pooled timing keeps every call."""
+    assert [b.repeats for b in bench.Budget(repeats=5).rounds(3)] == [1, 2, 2]
+    assert [b.repeats for b in bench.Budget(repeats=2).rounds(3)] == [1, 1]
+    parts = bench.Budget(min_reps=5, min_time=0.3, max_reps=200, max_time=2.0,
+                         cap_reps=3).rounds(3)
+    assert len(parts) == 3 and parts[0] == bench.Budget(2, 0.3 / 3, 67, 2.0 / 3, 1)
+    assert bench.Budget().rounds(1) == [bench.Budget()]
+    calls: list[str] = []
+
+    def call(name: str) -> Callable[[], object]:
+        return lambda: calls.append(name)
+
+    prog = bench.Progress(6, enabled=False)
+    t = bench.measure_rounds(prog, "x", [(n, call(n), bench.Budget(repeats=3), 0.0)
+                                         for n in ("a", "b")], 3)
+    # in turn, a warm-up call before each round's timed one
+    assert calls == ["a", "a", "b", "b"] * 3 and prog.done == 6
+    assert all(len(v.times) == 3 and v.round_medians is not None and len(v.round_medians) == 3
+               for v in t.values())
 
 
 def test_config_specs() -> None:

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,7 +60,7 @@ import lstmx
 from .functional import AnyArray
 
 __all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timing", "Peer", "Env",
-           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "run_grid", "run_all",
+           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "measure_rounds", "run_grid", "run_all",
            "evaluate_targets", "report", "format_table", "machine_info", "main"]
 
 MODES = ("infer", "train")
@@ -175,6 +175,22 @@ class Budget:
     cap_reps: int = 3
     repeats: int | None = None
 
+    def rounds(self, rounds: int) -> list[Budget]:
+        """This budget cut into at most ``rounds`` parts of at least one call each: exactly
+        ``repeats`` calls in all, when that is set."""
+        if self.repeats is not None:
+            n = max(1, min(rounds, self.repeats))
+            return [replace(self, repeats=self.repeats * (r + 1) // n - self.repeats * r // n)
+                    for r in range(n)]
+        if rounds <= 1:
+            return [self]
+
+        def cut(k: int) -> int:
+            return max(1, -(-k // rounds))
+
+        return [Budget(cut(self.min_reps), self.min_time / rounds, cut(self.max_reps),
+                       self.max_time / rounds, cut(self.cap_reps))] * rounds
+
     def limited(self, max_reps: int, max_time: float, cap_reps: int) -> Budget:
         """A budget for a slow peer: at most ``max_reps`` calls, and only ``cap_reps`` once
         ``max_time`` seconds are spent."""
@@ -191,6 +207,18 @@ class Timing:
     times: list[float]
     #: CPUs' worth of time other processes used while this was measured (None: unknown).
     other_cpus: float | None = None
+    #: With several rounds (:func:`measure_rounds`): each round's median, in seconds.
+    round_medians: list[float] | None = None
+
+    @classmethod
+    def pooled(cls, parts: Sequence[Timing]) -> Timing:
+        """The rounds of one measurement as one: every call's time, the most other processes
+        used in any round, and each round's median."""
+        if len(parts) == 1:
+            return parts[0]
+        busy = [p.other_cpus for p in parts if p.other_cpus is not None]
+        return cls([t for p in parts for t in p.times], max(busy) if busy else None,
+                   [p.median for p in parts])
 
     @property
     def median(self) -> float:
@@ -201,7 +229,8 @@ class Timing:
         """Median, spread and (given the FLOPs of a call) rate, for the JSON output."""
         med = self.median
         out = {"median_s": med, "min_s": min(self.times), "max_s": max(self.times),
-               "reps": len(self.times), "other_cpus": self.other_cpus, "times_s": self.times}
+               "reps": len(self.times), "other_cpus": self.other_cpus, "times_s": self.times,
+               "round_medians_s": self.round_medians}
         if flops is not None:
             out["gflops"] = flops / med / 1e9
         return out
@@ -224,6 +253,28 @@ def measure(fn: Callable[[], object], budget: Budget) -> Timing:
               or (n >= budget.cap_reps and elapsed >= budget.max_time)):
             break
     return Timing(times)
+
+
+def measure_rounds(prog: Progress, what: str,
+                   calls: Sequence[tuple[str, Callable[[], object], Budget, float]],
+                   rounds: int, before: Callable[[str], None] | None = None) -> dict[str, Timing]:
+    """Time each of ``calls`` (name, function, budget, seconds to settle after it) in turn, and
+    all of them ``rounds`` times over, each time on its budget cut into ``rounds`` parts; then
+    pool each one's calls. A slow phase of a shared machine then falls on every implementation
+    alike, rather than on whichever was being timed. ``before(name)`` runs before each."""
+    parts: dict[str, list[Timing]] = {name: [] for name, *_ in calls}
+    cut = {name: budget.rounds(rounds) for name, _, budget, _ in calls}
+    for r in range(rounds):
+        for name, fn, _, settle in calls:
+            if r >= len(cut[name]):
+                continue
+            if before is not None:
+                before(name)
+            tag = f" {r + 1}/{rounds}" if rounds > 1 else ""
+            parts[name].append(prog.step(f"{what} {name}{tag}", functools.partial(
+                measure, fn, cut[name][r])))
+            time.sleep(settle)
+    return {name: Timing.pooled(ts) for name, ts in parts.items()}
 
 
 # ---- the peers -----------------------------------------------------------------------------------
@@ -477,6 +528,8 @@ class Env:
 
     threads: int
     budget: Budget
+    #: Rounds of every comparison (:func:`measure_rounds`).
+    rounds: int = 1
     torch: Any | None = None
     onnx: Any | None = None
     ort: Any | None = None
@@ -656,8 +709,8 @@ class Grid:
 def grid_steps(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any],
                wanted: Sequence[str] = IMPLS, gemm: bool = True) -> int:
     """How many measurements :func:`run_grid` makes with the same arguments."""
-    return sum(gemm + sum(len(IMPL_MODES[i]) for i in env.impls(c, dtype, wanted))
-               for c in configs)
+    return env.rounds * sum(gemm + sum(len(IMPL_MODES[i]) for i in env.impls(c, dtype, wanted))
+                            for c in configs)
 
 
 def run_grid(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], prog: Progress,
@@ -668,11 +721,6 @@ def run_grid(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], pro
     checks: dict[str, dict[str, float]] = {}
     for cfg in configs:
         inp = make_inputs(cfg, dtype)
-        gemm_t = gemm_gflops = None
-        if gemm:
-            gemm_t = prog.step(f"{label}{cfg.name} gemm", functools.partial(
-                measure, gemm_fn(env.torch, cfg, dtype), env.budget))
-            gemm_gflops = 2.0 * math.prod(cfg.gemm_shape) / gemm_t.median / 1e9
         peers: dict[str, Peer] = {}
         for impl in env.impls(cfg, dtype, wanted):
             try:
@@ -689,14 +737,18 @@ def run_grid(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], pro
             if peer.check is not None:
                 checks[cfg.name].update({f"{impl}_{k}": v for k, v in peer.check(expected).items()})
                 time.sleep(peer.settle)
-        for mode in MODES:
+        gemm_t = gemm_gflops = None
+        for mode in MODES:  # the roofline GEMM is timed in inference's rounds
+            calls = [(impl, peer.fns[mode], peer.budget, peer.settle)
+                     for impl, peer in peers.items() if mode in peer.fns]
+            if gemm and mode == MODES[0]:
+                calls.insert(0, ("gemm", gemm_fn(env.torch, cfg, dtype), env.budget, 0.0))
+            timings = measure_rounds(prog, f"{label}{cfg.name} {mode}", calls, env.rounds)
+            if "gemm" in timings:
+                gemm_t = timings.pop("gemm")
+                gemm_gflops = 2.0 * math.prod(cfg.gemm_shape) / gemm_t.median / 1e9
             row = Row(cfg, mode, cfg.flops(mode), gemm_gflops=gemm_gflops, gemm=gemm_t)
-            for impl, peer in peers.items():
-                if mode in peer.fns:
-                    row.timings[impl] = prog.step(f"{label}{cfg.name} {mode} {impl}",
-                                                  functools.partial(measure, peer.fns[mode],
-                                                                    peer.budget))
-                    time.sleep(peer.settle)
+            row.timings.update(timings)
             rows.append(row)
     return Grid(dtype, rows, checks)
 
@@ -723,13 +775,13 @@ class ThreadScaling:
 def run_threads(env: Env, cfg: BenchConfig, prog: Progress) -> ThreadScaling:
     """Time lstmx in float32 on ``cfg`` with 1, then 2 threads (then restore ``env.threads``)."""
     fns = lstmx_fns(make_inputs(cfg, np.dtype(np.float32)))
-    out: dict[str, dict[int, Timing]] = {m: {} for m in MODES}
+    out: dict[str, dict[int, Timing]] = {}
     try:
-        for n in (1, 2):
-            lstmx.set_num_threads(n)
-            for mode in MODES:
-                out[mode][n] = prog.step(f"threads {cfg.name} {mode} x{n}",
-                                         functools.partial(measure, fns[mode], env.budget))
+        for mode in MODES:
+            t = measure_rounds(prog, f"threads {cfg.name} {mode}",
+                               [(f"x{n}", fns[mode], env.budget, 0.0) for n in (1, 2)],
+                               env.rounds, before=lambda name: lstmx.set_num_threads(int(name[1:])))
+            out[mode] = {n: t[f"x{n}"] for n in (1, 2)}
     finally:
         lstmx.set_num_threads(env.threads)
     return ThreadScaling(cfg, out)
@@ -1207,10 +1259,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="data type of every input (default: float32)")
     p.add_argument("--repeats", type=_positive_int, default=None,
-                   help="timed calls per measurement (default: adaptive, at least 5 calls and "
-                        "0.3 s, at most ~2 s once 3 calls are in; the reference at most 3)")
-    p.add_argument("--quick", action="store_true", help="fewer calls per measurement: a fast, "
-                                                        "rough run")
+                   help="timed calls per measurement, shared out over the rounds (default: "
+                        "adaptive, at least 5 calls and 0.3 s, at most ~2 s once 3 calls are in; "
+                        "the reference at most 3)")
+    p.add_argument("--quick", action="store_true", help="fewer calls per measurement and one "
+                                                        "round: a fast, rough run")
+    p.add_argument("--rounds", type=_positive_int, default=None,
+                   help="time the implementations of each comparison in turn, this many times "
+                        "over, and pool each one's calls, so that a slow phase of a shared "
+                        "machine falls on all alike (default: 3, or 1 with --quick)")
     p.add_argument("--targets", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure 1 vs 2 threads and the peak memory of a training step "
                         "(lstmx vs torch, fresh processes) on --target-config, lstmx vs torch in "
@@ -1245,7 +1302,10 @@ def _env(args: argparse.Namespace) -> Env:
     else:
         budget = Budget(repeats=args.repeats)
     torch = _optional("torch", not args.no_torch, "the torch peer")
-    env = Env(args.threads, budget, torch=torch, reference=not args.no_reference)
+    rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
+    if args.repeats is not None:  # at least one call a round
+        rounds = min(rounds, args.repeats)
+    env = Env(args.threads, budget, rounds, torch=torch, reference=not args.no_reference)
     if env.torch is not None:
         env.torch.set_num_threads(args.threads)
     onnx = _optional("onnx", not args.no_onnxruntime, "the onnxruntime peer")
@@ -1267,7 +1327,8 @@ def run_all(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], targ
     vs_torch = ("lstmx", "torch")
     steps = (grid_steps(env, configs, dtype)
              + run_f64 * grid_steps(env, configs, f64, vs_torch, gemm=False)
-             + targets * (2 * len(MODES) + len(env.impls(target_config, dtype, vs_torch)))
+             + targets * (env.rounds * 2 * len(MODES)
+                          + len(env.impls(target_config, dtype, vs_torch)))
              + layer * bench_layer.layer_steps(env))
     prog = Progress(steps, enabled=progress)
     res = Results(run_grid(env, configs, dtype, prog))

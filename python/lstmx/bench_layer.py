@@ -21,7 +21,6 @@ Each peer is first checked to compute what lstmx computes (a mismatch is reporte
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 
 import lstmx
 
-from .bench import BenchConfig, Env, Progress, Target, Timing, make_inputs, measure
+from .bench import BenchConfig, Env, Progress, Target, Timing, make_inputs, measure_rounds
 from .functional import AnyArray
 
 __all__ = ["LayerRow", "LAYER_TARGETS", "layer_steps", "run_layer", "format_layer",
@@ -294,7 +293,8 @@ _BUILDERS = (_varlen, _bidir2, _layernorm, _stream)
 
 def layer_steps(env: Env) -> int:
     """Progress steps of :func:`run_layer` (at most)."""
-    return (len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2) + 4
+    return env.rounds * ((len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2)
+                         + 4)
 
 
 def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
@@ -302,9 +302,9 @@ def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
     rows = []
     for build in _BUILDERS:
         for row, fns in build(env, cfg):
-            for impl, fn in fns.items():
-                row.timings[impl] = prog.step(f"layer {row.name} {row.mode} {impl}",
-                                              functools.partial(measure, fn, env.budget))
+            row.timings.update(measure_rounds(
+                prog, f"layer {row.name} {row.mode}",
+                [(impl, fn, env.budget, 0.0) for impl, fn in fns.items()], env.rounds))
             rows.append(row)
     return rows
 
