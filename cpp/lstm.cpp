@@ -195,19 +195,19 @@ inline void release_cpu(TeamBarrier& t, int cpu) {
 // Keeps the team's threads on distinct CPUs: called as a thread starts its share and after it
 // wakes from sleep. If another thread of the team holds this thread's CPU, it moves to a CPU
 // the team does not hold, if it may run on one, and leaves its allowed CPUs as they were (a
-// thread pinned to one CPU stays). After the process has been idle for ~0.1 s, Linux on the
-// AMD VM often woke the team's worker on the CPU of the thread that woke it: two threads then
-// shared one CPU until the load balancer parted them, and every step waited for the one not
-// running (b16-h512 inference, 30 calls each after 0.1 s of sleep: 14-18 ms a call on average,
-// up to 69 ms, against 9 ms back to back; with this, 12-13 ms, at most 18).
-// ONNX Runtime's calls took 9.5-9.7 ms there.
+// thread pinned to one CPU stays). Linux can wake a worker on its waker's CPU after the
+// process has been idle; why this matters, and what it saved: docs/design.md, "One CPU per
+// thread".
 inline void keep_apart(TeamRef& r) {
   TeamBarrier& t = *r.bar;
   const int now = sched_getcpu();
   if (now == r.cpu) return;
   release_cpu(t, r.cpu);
-  r.cpu = now;
-  if (claim_cpu(t, now)) return;
+  r.cpu = -1;
+  if (claim_cpu(t, now)) {
+    r.cpu = now;
+    return;
+  }
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
   for (int k = 0; k < TeamBarrier::kCpus && k < CPU_SETSIZE; ++k)

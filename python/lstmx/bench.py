@@ -60,8 +60,9 @@ import lstmx
 from .functional import AnyArray
 
 __all__ = ["BenchConfig", "GRID", "DEFAULT_CONFIGS", "TARGETS", "Budget", "Timing", "Peer", "Env",
-           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "measure_rounds", "run_grid", "run_all",
-           "evaluate_targets", "report", "format_table", "machine_info", "main"]
+           "Grid", "Row", "ThreadScaling", "Target", "Results", "measure", "measure_rounds",
+           "run_grid", "run_all", "evaluate_targets", "report", "format_table", "machine_info",
+           "main"]
 
 MODES = ("infer", "train")
 #: Every implementation timed, in table order; lstmx first, the others are its peers.
