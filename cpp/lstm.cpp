@@ -447,8 +447,7 @@ void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index s
 // them, and streaming saves reading every line before writing it (b4-h1024 inference, 32 MiB
 // packed a call: 5% faster on a 32 MiB L3; b16-h512, 8 MiB: 3% slower, so not there). The
 // cache's size is Linux's (/sys; CPUID's is wrong on some VMs), at most 32 MiB: a VM shares a
-// server's L3 with the other tenants (on a 2-core VM whose /sys shows 300 MiB, streaming made
-// packing 32 MiB 2.2x faster, and 8 MiB no faster).
+// server's L3 with other tenants (docs/design.md, "Packed once").
 inline bool stream_packing(std::size_t bytes) {
   static const std::size_t llc = [] {
     constexpr std::size_t cap = std::size_t(32) << 20;
@@ -461,9 +460,8 @@ inline bool stream_packing(std::size_t bytes) {
 
 // The microkernel: acc[m][q] += sum_k a[m][k * sak] * panel[k][q*V .. q*V + V), m < R, q < 4.
 // Every output sums its k in a fixed order for a given R, whatever the caller's blocking.
-// It prefetches the panel 4 KiB ahead: where a step's weights come from L3 at every step
-// (b4-h1024: 8 MiB a thread against 2 MiB of L2), the hardware prefetcher alone left the loads
-// waiting; 4-10% faster there on a 2-core Xeon VM, and no slower where the panel is in L1.
+// It prefetches the panel 4 KiB ahead, for panels read from L3 at every step (docs/design.md,
+// "Prefetching the panels").
 template <typename S, int R>
 EIGEN_ALWAYS_INLINE void microkernel(Index K, const S* const* a, Index sak, const S* bp,
                                      Pk<S> (&acc)[kMR][4]) {
