@@ -1767,69 +1767,108 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
 // ---- One step for streaming: the weights as they are, dot products, no packing ---------------
 // At small B a step reads every weight once and reuses it little, so packing W^T (which reads
 // and writes them all) would cost more than the step. Instead each output is a dot product of
-// a weight row with an input row, NR rows at a time: NR independent sums hide the FMA latency,
-// and the rows (NR * K values) stay in L1 while they serve every batch row. Each sum runs over
-// k in a fixed order (per lane, then the lanes), whatever the thread split.
+// a weight row with an input row, in tiles of NR rows by NE inputs: each weight vector loaded
+// serves the NE inputs, and the NR x NE independent sums hide the FMA latency. Each sum runs
+// over k in a fixed order (per lane, then the lanes), whatever the tiling or the thread split.
 
-// acc[r] += sum_k w[r][k] a[k] over K, lane by lane, for NR rows w[r].
-template <typename S, int NR>
-EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* a, Pk<S> (&acc)[NR]) {
+// Sums in a tile: half the vector registers (the rest hold inputs and a weight vector).
+constexpr int kDotSums = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 16 : 8;
+
+// acc[r][e] += sum_k w[r][k] a[e][k] over K, lane by lane: NR rows w[r], NE rows a[e].
+template <typename S, int NR, int NE>
+EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* const* a,
+                                  Pk<S> (&acc)[NR][NE]) {
   using P = Pk<S>;
   constexpr Index V = kV<S>;
   Index k = 0;
   for (; k + V <= K; k += V) {
-    const P av = ei::ploadu<P>(a + k);
+    P av[NE];
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) av[e] = ei::ploadu<P>(a[e] + k);
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) acc[r] = ei::pmadd(ei::ploadu<P>(w[r] + k), av, acc[r]);
+    for (int r = 0; r < NR; ++r) {
+#if defined(__SSE__) || defined(__x86_64__)
+      if constexpr (NE > 1)  // the row 1 KiB ahead (docs/design.md, "Streaming")
+        _mm_prefetch(reinterpret_cast<const char*>(w[r] + k) + 1024, _MM_HINT_T0);
+#endif
+      const P wv = ei::ploadu<P>(w[r] + k);
+#pragma GCC unroll 4
+      for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
+    }
   }
   if (k < K) {
-    const P av = load(a + k, K - k);
+    P av[NE];
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) av[e] = load(a[e] + k, K - k);
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) acc[r] = ei::pmadd(load(w[r] + k, K - k), av, acc[r]);
+    for (int r = 0; r < NR; ++r) {
+      const P wv = load(w[r] + k, K - k);
+#pragma GCC unroll 4
+      for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
+    }
   }
 }
 
-// out[r] = w1[r] . a1 + w2[r] . a2 (K1 and K2 values), for NR rows: one set of sums, reduced
-// across the lanes once.
-template <typename S, int NR>
-EIGEN_ALWAYS_INLINE void dots(Index K1, const S* const* w1, const S* a1, Index K2,
-                              const S* const* w2, const S* a2, S* out) {
-  Pk<S> acc[NR];
+// out[r][e] = w1[r] . a1[e] + w2[r] . a2[e] (K1 and K2 values; a2 unread when K2 = 0): one set
+// of sums, reduced across the lanes once.
+template <typename S, int NR, int NE>
+EIGEN_ALWAYS_INLINE void dots(Index K1, const S* const* w1, const S* const* a1, Index K2,
+                              const S* const* w2, const S* const* a2, S (&out)[NR][NE]) {
+  Pk<S> acc[NR][NE];
 #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) acc[r] = ei::pzero(Pk<S>());
-  dot_rows<S, NR>(K1, w1, a1, acc);
-  if (K2) dot_rows<S, NR>(K2, w2, a2, acc);
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) acc[r][e] = ei::pzero(Pk<S>());
+  dot_rows<S, NR, NE>(K1, w1, a1, acc);
+  if (K2) dot_rows<S, NR, NE>(K2, w2, a2, acc);
 #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) out[r] = ei::predux(acc[r]);
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) out[r][e] = ei::predux(acc[r][e]);
 }
 
-// The step's pre-activations z [B, 4, V] of units [j0, j0 + nv): x_b W_ih^T + h_b W_hh^T + b,
-// two units (8 rows) at a time while there are two.
+// Calls f(e0, NE) for the rows [e0, e0 + NE) of [0, B), NE <= EM a compile-time count.
+template <int EM, typename F>
+EIGEN_ALWAYS_INLINE void entry_tiles(Index B, F&& f) {
+  for (Index e0 = 0; e0 < B; e0 += EM)
+    with_rows<EM>(int(std::min<Index>(EM, B - e0)),
+                  [&](auto NE) __attribute__((always_inline)) { f(e0, NE); });
+}
+
+// The step's pre-activations z [B, 4, V] of units [j0, j0 + nv): x_b W_ih^T + h_b W_hh^T + b.
+// A tile is the 4 gates of NU units by up to kDotSums / 4NU entries: two units while B is
+// small enough for them to fill the tile, else one.
 template <typename S>
 void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, Index j0, Index nv,
                 S* z) {
   constexpr Index V = kV<S>;
   const Index B = d.B, I = d.I, H = d.H, R = d.R();
-  for (Index u = 0; u < nv;) {
-    const int nu = u + 1 < nv ? 2 : 1;  // units j0 + u, j0 + u + 1
-    const S *wi[8], *wh[8];
-    for (int r = 0; r < 4 * nu; ++r) {
-      const Index row = (r % 4) * H + j0 + u + r / 4;  // gate r % 4 of unit j0 + u + r / 4
-      wi[r] = l.w_ih + row * I, wh[r] = l.w_hh + row * R;
-    }
-    for (Index b = 0; b < B; ++b) {
-      S zr[8];
-      if (nu == 2) dots<S, 8>(I, wi, x + b * I, R, wh, h + b * R, zr);
-      else dots<S, 4>(I, wi, x + b * I, R, wh, h + b * R, zr);
-      for (int r = 0; r < 4 * nu; ++r) {
-        const Index g = r % 4, row = g * H + j0 + u + r / 4;
-        S v = zr[r];
-        if (l.b_ih) v += l.b_ih[row] + l.b_hh[row];
-        z[(b * 4 + g) * V + u + r / 4] = v;
+  auto units = [&](auto NU) __attribute__((always_inline)) {
+    constexpr int NR = 4 * decltype(NU)::value, EM = kDotSums / NR;
+    for (Index u = 0; u < nv; u += NR / 4) {
+      const S *wi[NR], *wh[NR];
+      Index row[NR];  // gate r % 4 of unit j0 + u + r / 4 (the last unit again past nv: unused)
+      for (int r = 0; r < NR; ++r) {
+        row[r] = (r % 4) * H + j0 + std::min<Index>(u + r / 4, nv - 1);
+        wi[r] = l.w_ih + row[r] * I, wh[r] = l.w_hh + row[r] * R;
       }
+      entry_tiles<EM>(B, [&](Index e0, auto NE) __attribute__((always_inline)) {
+        constexpr int ne = decltype(NE)::value;
+        const S *xa[ne], *ha[ne];
+        for (int e = 0; e < ne; ++e) xa[e] = x + (e0 + e) * I, ha[e] = h + (e0 + e) * R;
+        S out[NR][ne];
+        dots<S, NR, ne>(I, wi, xa, R, wh, ha, out);
+        for (int r = 0; r < NR && u + r / 4 < nv; ++r)
+          for (int e = 0; e < ne; ++e) {
+            S v = out[r][e];
+            if (l.b_ih) v += l.b_ih[row[r]] + l.b_hh[row[r]];
+            z[((e0 + e) * 4 + r % 4) * V + u + r / 4] = v;
+          }
+      });
     }
-    u += nu;
-  }
+  };
+  if (B <= kDotSums / 8) units(std::integral_constant<int, 2>{});
+  else units(std::integral_constant<int, 1>{});
 }
 
 }  // namespace
@@ -2006,18 +2045,22 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
           }
           for (Index blk = r0; !l.packed && blk < r1; ++blk) {
             const Index j0 = blk * V, nv = std::min(V, d.P - j0);
-            for (Index b = 0; b < B; ++b) {
-              alignas(64) S hv[kV<S>] = {};
+            alignas(64) S hv[kDotSums / 4][kV<S>] = {};  // [entry, unit] of the block
+            entry_tiles<kDotSums / 4>(B, [&](Index e0, auto NE) __attribute__((always_inline)) {
+              constexpr int ne = decltype(NE)::value;
+              const S* ra[ne];
+              for (int e = 0; e < ne; ++e) ra[e] = rs.data() + (e0 + e) * H;
               for (Index u = 0; u < nv; u += 4) {
                 const S* w[4];
                 for (int r = 0; r < 4; ++r)  // rows past P repeat the last one, unused
                   w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
-                S o4[4];
-                dots<S, 4>(H, w, rs.data() + b * H, 0, w, nullptr, o4);
-                for (int r = 0; r < 4 && u + r < nv; ++r) hv[u + r] = o4[r];
+                S o[4][ne];
+                dots<S, 4, ne>(H, w, ra, 0, w, ra, o);
+                for (int r = 0; r < 4 && u + r < nv; ++r)
+                  for (int e = 0; e < ne; ++e) hv[e][u + r] = o[r][e];
               }
-              emit(b, j0, nv, ei::pload<P>(hv));
-            }
+              for (int e = 0; e < ne; ++e) emit(e0 + e, j0, nv, ei::pload<P>(hv[e]));
+            });
           }
         });
       }

@@ -64,12 +64,13 @@ KERNEL_VARIANTS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", KERNEL_VARIANTS)
-def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any,
-                                  frozen: bool) -> None:
+@pytest.mark.parametrize("batch", [1, 2, 5])  # the dot tiles: 2 units by 1 or 2 entries; 1 by 4
+def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any, frozen: bool,
+                                  batch: int) -> None:
     m = lstmx.LSTM(37, 70, dtype=dtype, seed=3, **kw)
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((4, 5, 37)).astype(dtype)
-    h0, c0 = (rng.standard_normal(a.shape).astype(dtype) for a in m.initial_state(5))
+    x = rng.standard_normal((4, batch, 37)).astype(dtype)
+    h0, c0 = (rng.standard_normal(a.shape).astype(dtype) for a in m.initial_state(batch))
     y, (h_n, c_n) = m(x, (h0, c0))
     ys, state = _stepped(m.freeze() if frozen else m, x, (h0, c0))
     for got, want, what in ((ys, y, "y"), (state.h, h_n, "h_n"), (state.c, c_n, "c_n")):
