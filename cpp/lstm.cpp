@@ -1261,37 +1261,55 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const bool zc = opt.zoneout_c > 0;
   const P one = ei::pset1<P>(1);
   const Clamps<S> clamp(opt.clip);
-  with_team(threads, np, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
+  // A step splits by panels, so at most one thread a panel, unless the panels are fewer than
+  // the threads and the projection is worth a barrier a step to the others (>= 1 MFLOP a step).
+  const Index items = np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
+  with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(std::max(ch.rows, B) * W); });
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
     err.run([&] { pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr); });
+    // The projection goes by the same panels while they share out evenly: each thread then
+    // projects just what its own steps read. Otherwise it goes by (panel, block of kMR rows of
+    // the chunk) too, evenly, with a barrier after the packing and after each chunk's projection.
+    const bool by_rows = np % nt != 0;
+    if (by_rows) barrier();  // every panel packed
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
         return training ? p : p - q.off[s0];
       };
-      if (s == s0)  // x W_ih^T + b for the tokens of the chunk's steps, this thread's units
+      if (s == s0) {  // x W_ih^T + b for the tokens of the chunk's steps
         err.run([&] {
           const Index pa = q.off[s], nr = q.off[ch.end[s]] - pa;
-          for (Index p = p0; p < p1; ++p) {
+          const Index rb = by_rows ? Index(kMR) : std::max<Index>(nr, 1);  // rows a block
+          const Index nb = ceil_div(nr, rb);  // blocks a panel
+          Index i0, i1;  // items: (panel, block) in that order; with nb = 1, [p0, p1)
+          share(np * nb, nt, tid, i0, i1);
+          for (Index it = i0; it < i1;) {
+            const Index p = it / nb, b0 = it % nb, b1 = std::min(nb, b0 + i1 - it);
             const Index j0 = p * V, nv = std::min(V, H - j0);
+            const Index r0 = b0 * rb, r1 = std::min(nr, b1 * rb);  // rows [r0, r1)
             panel_rows<S>(
-                nr, I, pw.wi + p * I * W,
+                r1 - r0, I, pw.wi + p * I * W,
                 [&](Index i) __attribute__((always_inline)) {
-                  return training ? cache->x.data() + (pa + i) * I : x + q.row[pa + i] * I;
+                  const Index pos = pa + r0 + i;
+                  return training ? cache->x.data() + pos * I : x + q.row[pos] * I;
                 },
                 [&](Index, int g) __attribute__((always_inline)) {
                   return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
                 },
                 [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                  store_gates(gates + grow(pa + i) * G, H, j0, nv, zi, zf, zg, zo);
+                  store_gates(gates + grow(pa + r0 + i) * G, H, j0, nv, zi, zf, zg, zo);
                 },
-                part.data());
+                part.data(), nr);  // (blocks of whole row tiles, blocked as for nr rows)
+            it += b1 - b0;
           }
         });
+        if (by_rows) barrier();  // the chunk's projection complete
+      }
       const Index Bs = q.n[s];
       // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
       auto hprev = [&](Index k) __attribute__((always_inline)) {

@@ -369,8 +369,11 @@ def test_long_sequence_float32_stays_near_float64(isa: str) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_count(threads: int, isa: str) -> None:
-    c = make_case(20, 64, 32, 48, np.float32, seed=4)  # big enough for the parallel paths
+# big enough for the parallel paths; the second has fewer panels of units than threads, and its
+# projection is split by rows as well (forward_fast)
+@pytest.mark.parametrize("shape", [(20, 64, 32, 48), (4, 40, 600, 20)])
+def test_thread_count(threads: int, shape: tuple[int, int, int, int], isa: str) -> None:
+    c = make_case(*shape, np.float32, seed=4)
     old = lstmx.get_num_threads()
     try:
         lstmx.set_num_threads(threads)
@@ -397,7 +400,8 @@ def test_show_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,batch_first", [((6, 3, 17, 33), True), ((20, 64, 32, 100), False),
-                                               ((3, 5, 300, 500), False)])
+                                               ((3, 5, 300, 500), False),
+                                               ((4, 40, 600, 20), True)])
 def test_bitwise_identical_across_thread_counts_and_calls(dtype: Any, shape: tuple[int, ...],
                                                           batch_first: bool, isa: str) -> None:
     """Outputs and gradients of every call (inference, training, backward, the cell step) are

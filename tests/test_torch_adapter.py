@@ -228,6 +228,10 @@ def test_training_and_eval_modes(torch: Any, lt: Any) -> None:
     y, _ = d(x)
     with torch.no_grad():
         assert torch.equal(y.detach(), d(x)[0])
+    t = lt.LSTM(3, 4, 2).double()  # training, no random mask: without autograd, the inference
+    y, _ = t(x)                      # kernels, bitwise the training forward's
+    with torch.no_grad():
+        assert torch.equal(y.detach(), t(x)[0])
 
 
 def test_bad_input_raises_clear_errors(torch: Any, lt: Any) -> None:

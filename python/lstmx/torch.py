@@ -152,13 +152,15 @@ class LSTM(nn.Module):
         """Nothing to do (``torch.nn.LSTM``'s, for cuDNN; kept so callers of it run)."""
 
     # ---- forward ----
+    def _random_masks(self) -> bool:
+        """Whether training draws random masks (dropout, zoneout, recurrent dropout)."""
+        m = self._lstm
+        return bool((m.dropout and self.num_layers > 1) or m.zoneout_h or m.zoneout_c
+                    or m.recurrent_dropout)
+
     def _seed(self) -> int:
         """A mask seed from torch's generator (drawn only if some mask is random)."""
-        m = self._lstm
-        if (m.dropout and self.num_layers > 1) or m.zoneout_h or m.zoneout_c \
-                or m.recurrent_dropout:
-            return int(torch.randint(0, 2**62, (1,)).item())
-        return 0
+        return int(torch.randint(0, 2**62, (1,)).item()) if self._random_masks() else 0
 
     def forward(self, input: Tensor | PackedSequence,
                 hx: tuple[Tensor, Tensor] | None = None
@@ -205,7 +207,7 @@ class LSTM(nn.Module):
         else:
             state = None if hx is None else (_np(h0), _np(c0))
             m = self._bind(params)
-            if self.training:
+            if self.training and self._random_masks():  # (else the same as inference)
                 ya, (ha, ca), _ = m.forward_train(_np(x), state, lengths, self._seed())
             else:
                 ya, (ha, ca) = m(_np(x), state, lengths)
