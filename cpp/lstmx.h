@@ -46,7 +46,9 @@
 //   forward:  each thread owns a slice of hidden units for the whole call, and packs W_ih^T and
 //             W_hh^T for its units once per call into panels (per k: 4 SIMD vectors = gates
 //             i, f, g, o of V units). Every Tc steps (about 192 rows) it computes x W_ih^T + b
-//             for its units; every step it runs the register-blocked microkernel
+//             for its units (for (unit slice, kMR rows) items shared out evenly, behind a
+//             barrier, when the slices are uneven or fewer than the threads); every step it
+//             runs the register-blocked microkernel
 //             h_{t-1} W_hh^T on top of that, kMR batch rows at a time, and applies the cell
 //             update to the tile while it is in L1: activations, c_t, h_t, the cache.
 //   backward: W_hh is packed into panels of 4V hidden units (K = 4H); each reverse step runs
@@ -344,7 +346,8 @@ struct StepLayer {
 // x [B, I]; h [L, B, R], c [L, B, H] the state; writes the new state h_out [L, B, R], c_out
 // [L, B, H] (not overlapping the inputs; y is h_out[L - 1]). Reads W_ih and W_hh as they are,
 // without packing (no per-call copy of the weights): each thread owns a slice of hidden units
-// and computes its gates as dot products; one barrier per layer (two with a projection). A
+// and computes its gates as dot products, a unit's 4 gate rows against up to 4 batch entries at
+// a time; one barrier per layer (two with a projection). A
 // layer with packed weights (LSTM.freeze) runs the forward kernels' panels instead: one
 // sequential stream of weights per thread, no reductions across lanes.
 // Options: clip, input_forget, zoneout_h/c (their expectation); the peepholes
