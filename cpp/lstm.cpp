@@ -1512,7 +1512,11 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
   const Clamps<S> clamp(opt.clip);
   auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
-  with_team(threads, ceil_div(B, kMR), 2.0 * q.N * (G * (I + R) + H * d.P),
+  // Threads own blocks of kMR entries. With fewer blocks than threads (small B), the others
+  // help with the input projection alone (two barriers a chunk; none in the steps).
+  const Index eb = ceil_div(B, Index(kMR));
+  const Index items = eb < threads ? threads : eb;
+  with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P),
             [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });
@@ -1531,14 +1535,21 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
       auto zx = [&](Index pos) {    // the row of x W_ih^T (then LN) of position pos
         return training ? cache->nx.data() + pos * G : sx.data() + (pos - q.off[s0]) * G;
       };
-      if (s == s0)  // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps)
+      // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps): this thread's
+      // entries, every panel; or, with more threads than blocks, every entry, its share of the
+      // panels, between barriers (the rows of sx belong to other threads' steps).
+      const bool shared = nt > eb;
+      if (s == s0 && shared) barrier();  // the last chunk's steps done
+      if (s == s0)
         err.run([&] {
-          for (Index p = 0; p < np; ++p) {
+          Index p0x = 0, p1x = np, f0 = e0, f1 = e1;
+          if (shared) share(np, nt, tid, p0x, p1x), f0 = 0, f1 = B;
+          for (Index p = p0x; p < p1x; ++p) {
             const Index j0 = p * V, nv = std::min(V, H - j0);
             for (Index t = s; t < std::min(T, s + Tc); ++t) {
-              const Index a = q.off[t] + e0;
+              const Index a = q.off[t] + f0;
               panel_rows<S>(
-                  rows(t), I, pw.wi + p * I * W,
+                  std::max<Index>(0, std::min(f1, q.n[t]) - f0), I, pw.wi + p * I * W,
                   [&](Index i) __attribute__((always_inline)) {
                     return training ? cache->x.data() + (a + i) * I : x + q.row[a + i] * I;
                   },
@@ -1550,6 +1561,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             }
           }
         });
+      if (s == s0 && shared) barrier();  // the chunk projected
       const Index a = q.off[s] + e0, n = rows(s);
       auto zh = [&](Index k) {  // the row of h_{t-1} W_hh^T (then LN) of entry k
         return training ? cache->nh.data() + (q.off[s] + k) * G : sh.data() + k * G;

@@ -60,7 +60,8 @@
 //   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
 //             (batch rows) instead of units, for the whole call, and computes their full gate
 //             rows (every panel, weights packed once and shared) and the normalisations itself:
-//             no barrier in the time loop. The sums over tokens (db, the LN gains, peepholes)
+//             no barrier in the time loop. Threads left without entries (small B) share out the
+//             input projection of every entry, by panels, between two barriers a chunk. The sums over tokens (db, the LN gains, peepholes)
 //             run after it, by columns, in token order.
 //
 // Threads: the sequence kernels take a thread count. Each thread owns a slice of hidden units
