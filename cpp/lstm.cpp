@@ -1515,8 +1515,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
   // Threads own blocks of kMR entries. With fewer blocks than threads (small B), the others
   // help with the input projection alone (two barriers a chunk; none in the steps).
   const Index eb = ceil_div(B, Index(kMR));
-  const Index items = eb < threads ? threads : eb;
-  with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P),
+  with_team(threads, std::max<Index>(eb, threads), 2.0 * q.N * (G * (I + R) + H * d.P),
             [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });
@@ -1528,19 +1527,22 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
     });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
-    // this thread's rows at step t: entries [e0, e0 + rows(t))
-    auto rows = [&](Index t) { return std::max<Index>(0, std::min(e1, q.n[t]) - e0); };
+    // rows at step t of entries [a, b): [a, a + span(t, a, b)); this thread's: rows(t)
+    auto span = [&](Index t, Index a, Index b) {
+      return std::max<Index>(0, std::min(b, q.n[t]) - a);
+    };
+    auto rows = [&](Index t) { return span(t, e0, e1); };
+    // x W_ih^T goes by this thread's entries, every panel; or, with more threads than blocks,
+    // by every entry, this thread's share of the panels, between barriers (the rows of sx
+    // belong to other threads' steps).
+    const bool shared = nt > eb;
     for (Index s = 0; s < T; ++s) {
       const Index s0 = s - s % Tc;  // first step of the projection chunk
       auto zx = [&](Index pos) {    // the row of x W_ih^T (then LN) of position pos
         return training ? cache->nx.data() + pos * G : sx.data() + (pos - q.off[s0]) * G;
       };
-      // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps): this thread's
-      // entries, every panel; or, with more threads than blocks, every entry, its share of the
-      // panels, between barriers (the rows of sx belong to other threads' steps).
-      const bool shared = nt > eb;
       if (s == s0 && shared) barrier();  // the last chunk's steps done
-      if (s == s0)
+      if (s == s0)  // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps)
         err.run([&] {
           Index p0x = 0, p1x = np, f0 = e0, f1 = e1;
           if (shared) share(np, nt, tid, p0x, p1x), f0 = 0, f1 = B;
@@ -1549,7 +1551,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             for (Index t = s; t < std::min(T, s + Tc); ++t) {
               const Index a = q.off[t] + f0;
               panel_rows<S>(
-                  std::max<Index>(0, std::min(f1, q.n[t]) - f0), I, pw.wi + p * I * W,
+                  span(t, f0, f1), I, pw.wi + p * I * W,
                   [&](Index i) __attribute__((always_inline)) {
                     return training ? cache->x.data() + (a + i) * I : x + q.row[a + i] * I;
                   },
@@ -1810,33 +1812,24 @@ EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* const* a,
                                   Pk<S> (&acc)[NR][NE]) {
   using P = Pk<S>;
   constexpr Index V = kV<S>;
-  Index k = 0;
-  for (; k + V <= K; k += V) {
+  auto block = [&](Index k, Index n) __attribute__((always_inline)) {  // lanes [k, k + n)
     P av[NE];
 #pragma GCC unroll 4
-    for (int e = 0; e < NE; ++e) av[e] = ei::ploadu<P>(a[e] + k);
+    for (int e = 0; e < NE; ++e) av[e] = load(a[e] + k, n);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
 #if defined(__SSE__) || defined(__x86_64__)
       if constexpr (NE > 1)  // the row 1 KiB ahead (docs/design.md, "Streaming")
         _mm_prefetch(reinterpret_cast<const char*>(w[r] + k) + 1024, _MM_HINT_T0);
 #endif
-      const P wv = ei::ploadu<P>(w[r] + k);
+      const P wv = load(w[r] + k, n);
 #pragma GCC unroll 4
       for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
     }
-  }
-  if (k < K) {
-    P av[NE];
-#pragma GCC unroll 4
-    for (int e = 0; e < NE; ++e) av[e] = load(a[e] + k, K - k);
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-      const P wv = load(w[r] + k, K - k);
-#pragma GCC unroll 4
-      for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
-    }
-  }
+  };
+  Index k = 0;
+  for (; k + V <= K; k += V) block(k, V);
+  if (k < K) block(k, K - k);
 }
 
 // out[r][e] = w1[r] . a1[e] + w2[r] . a2[e] (K1 and K2 values; a2 unread when K2 = 0): one set
@@ -1877,10 +1870,12 @@ void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, In
     constexpr int NR = 4 * decltype(NU)::value, EM = kDotSums / NR;
     for (Index u = 0; u < nv; u += NR / 4) {
       const S *wi[NR], *wh[NR];
-      Index row[NR];  // gate r % 4 of unit j0 + u + r / 4 (the last unit again past nv: unused)
+      S b[NR];  // b_ih + b_hh of each row
       for (int r = 0; r < NR; ++r) {
-        row[r] = (r % 4) * H + j0 + std::min<Index>(u + r / 4, nv - 1);
-        wi[r] = l.w_ih + row[r] * I, wh[r] = l.w_hh + row[r] * R;
+        // gate r % 4 of unit j0 + u + r / 4 (the last unit again past nv: unused)
+        const Index row = (r % 4) * H + j0 + std::min<Index>(u + r / 4, nv - 1);
+        wi[r] = l.w_ih + row * I, wh[r] = l.w_hh + row * R;
+        b[r] = l.b_ih ? l.b_ih[row] + l.b_hh[row] : S(0);
       }
       entry_tiles<EM>(B, [&](Index e0, auto NE) __attribute__((always_inline)) {
         constexpr int ne = decltype(NE)::value;
@@ -1889,11 +1884,8 @@ void step_gates(const Dims& d, const StepLayer<S>& l, const S* x, const S* h, In
         S out[NR][ne];
         dots<S, NR, ne>(I, wi, xa, R, wh, ha, out);
         for (int r = 0; r < NR && u + r / 4 < nv; ++r)
-          for (int e = 0; e < ne; ++e) {
-            S v = out[r][e];
-            if (l.b_ih) v += l.b_ih[row[r]] + l.b_hh[row[r]];
-            z[((e0 + e) * 4 + r % 4) * V + u + r / 4] = v;
-          }
+          for (int e = 0; e < ne; ++e)
+            z[((e0 + e) * 4 + r % 4) * V + u + r / 4] = l.b_ih ? out[r][e] + b[r] : out[r][e];
       });
     }
   };
