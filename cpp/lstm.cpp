@@ -398,7 +398,9 @@ EIGEN_ALWAYS_INLINE P vtanh(const P& x) {
 // Which column of B a slot holds depends on the panel kind:
 //   Plain: column p*4V + s                     (N columns; panels of 4V consecutive columns)
 //   Gates: column (s/V)*H + p*V + s%V          (N = 4H; panel p = units [pV, pV+V), all 4 gates)
-// Slots past the end are zero. B(k, n) = b[k * sbk + n * sbn].
+// Slots past the end are zero. B(k, n) = b[k * sbk + n * sbn]. pack() fills panels [p0, p1)
+// for k in [0, K); with kp > K (the panels' full height) it fills rows [0, K) of panels kp
+// rows high, so that rows [k0, k1) are packed by passing b + k0 sbk, out + k0 4V, K = k1 - k0.
 enum class Panels { Plain, Gates };
 
 template <typename S>
@@ -408,15 +410,16 @@ Index panel_count(Panels kind, Index N) {
 
 template <typename S>
 void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index sbk, Index sbn,
-          S* out, bool stream = false) {
+          S* out, bool stream = false, Index kp = 0) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index H = N / 4;
+  kp = std::max(kp, K);
   for (Index p = p0; p < p1; ++p)
     for (Index q = 0; q < 4; ++q) {  // slots [qV, qV + V) hold columns n0 + v, v < nv
       const Index n0 = kind == Panels::Plain ? p * W + q * V : q * H + p * V;
       const Index nv = std::clamp<Index>(kind == Panels::Plain ? N - n0 : H - p * V, 0, V);
-      S* o = out + p * K * W + q * V;
+      S* o = out + p * kp * W + q * V;
       if constexpr (V > 1) {
         if (sbk == 1) {  // each column is contiguous in k: transpose V x V blocks in registers
           for (Index k0 = 0; k0 < K; k0 += V) {
@@ -912,8 +915,8 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
       opt(o),
       seq(dims, o.lengths, o.reverse),
       x(seq.N, dims.I),
-      w_ih(4 * dims.H, dims.I),
-      w_hh(4 * dims.H, dims.R()),
+      w_ih(panel_count<S>(Panels::Plain, dims.I) * 4 * dims.H, 4 * kV<S>),
+      w_hh(panel_count<S>(Panels::Plain, dims.R()) * 4 * dims.H, 4 * kV<S>),
       w_hr(dims.P, dims.H),
       peep(o.peephole ? 3 : 0, dims.H),
       gates(seq.N, 4 * dims.H),
@@ -953,16 +956,42 @@ void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S
   if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr, nt);  // W_hr^T
 }
 
-// Panels [p0, p1) of W_hh (Plain: 4V units of h) and [h0, h1) of W_hr (Plain, with d.P), as
-// the backward kernels read them: wh [npr, 4H, 4V], whr [nph, P, 4V].
+// Thread tid of nt's share of the copies the cache keeps of a training forward's inputs: rows of
+// x in visiting order, and rows of W_ih and W_hh packed as the backward kernels read them
+// (Plain, K = 4H: Cache's w_ih, w_hh). Streamed past the caches when large: backward reads
+// them only after the whole forward.
 template <typename S>
-void pack_backward(const Cache<S>& cache, Index p0, Index p1, Index h0, Index h1, S* wh,
-                   S* whr) {
+void fill_cache(Cache<S>& cache, int tid, int nt, const S* x, const S* w_ih, const S* w_hh) {
+  constexpr Index W = 4 * kV<S>;
+  const Index I = cache.d.I, G = 4 * cache.d.H, R = cache.d.R();
+  const bool st = stream_packing(std::size_t(G * (I + R)) * sizeof(S));
+  Index a, b;
+  share(cache.seq.N, nt, tid, a, b);
+  for (Index p = a; p < b; ++p) std::copy_n(x + cache.seq.row[p] * I, I, cache.x.data() + p * I);
+  share(G, nt, tid, a, b);
+  pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, I), b - a, I, w_ih + a * I, I, 1,
+          cache.w_ih.data() + a * W, st, G);
+  pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, R), b - a, R, w_hh + a * R, R, 1,
+          cache.w_hh.data() + a * W, st, G);
+}
+
+// W [K, N] from the Plain panels that fill_cache writes (for the naive kernels).
+template <typename S>
+Mat<S> unpack(const PoolMat<S>& panels, Index K, Index N) {
+  constexpr Index W = 4 * kV<S>;
+  Mat<S> m(K, N);
+  for (Index k = 0; k < K; ++k)
+    for (Index n = 0; n < N; ++n) m(k, n) = panels.data()[(n / W * K + k) * W + n % W];
+  return m;
+}
+
+// Panels [h0, h1) of W_hr (Plain: 4V units of h, K = P), as the backward kernels read them:
+// whr [nph, P, 4V]. (W_hh comes packed in the cache.)
+template <typename S>
+void pack_backward(const Cache<S>& cache, Index h0, Index h1, S* whr) {
   const Dims& d = cache.d;
-  const Index H = d.H, G = 4 * H, R = d.R();
-  const bool nt = stream_packing(std::size_t(G * R + d.P * H) * sizeof(S));
-  pack<S>(Panels::Plain, p0, p1, G, R, cache.w_hh.data(), R, 1, wh, nt);
-  if (d.P) pack<S>(Panels::Plain, h0, h1, d.P, H, cache.w_hr.data(), H, 1, whr, nt);
+  const bool nt = stream_packing(std::size_t(d.P * d.H) * sizeof(S));
+  if (d.P) pack<S>(Panels::Plain, h0, h1, d.P, d.H, cache.w_hr.data(), d.H, 1, whr, nt);
 }
 
 template <typename S>
@@ -1022,8 +1051,7 @@ struct Weights {
 // Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies what
 // backward reads into the cache. Returns false when there is nothing to compute.
 template <typename S>
-bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* x, const S* w_ih,
-                   const S* w_hh, const S* h0, const S* c0, const Mat<S>& md, S* y, S* h_n,
+bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* h0, const S* c0, const Mat<S>& md, S* y, S* h_n,
                    S* c_n, Cache<S>* cache) {
   const Index B = d.B, H = d.H, R = d.R();
   Map<S> hn(h_n, B, R), cn(c_n, B, H);  // [B, R], [B, H]
@@ -1032,10 +1060,7 @@ bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* 
   for (Index k = 0; k < B; ++k)  // y past each sequence's end
     for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * R, R, S(0));
   if (q.N == 0 || H == 0) return false;
-  if (cache) {
-    for (Index p = 0; p < q.N; ++p) cache->x.row(p) = CMap<S>(x + q.row[p] * d.I, 1, d.I);
-    cache->w_ih = CMap<S>(w_ih, 4 * H, d.I);
-    cache->w_hh = CMap<S>(w_hh, 4 * H, R);
+  if (cache) {  // (the kernels fill x, w_ih and w_hh: fill_cache)
     if (d.P) cache->w_hr = CMap<S>(opt.w_hr, d.P, H);
     if (opt.peephole) cache->peep = CMap<S>(opt.peephole, 3, H);
     if (opt.ln) cache->ln = CMap<S>(opt.ln, 1, 10 * H);
@@ -1073,15 +1098,16 @@ template <typename S>
 void weight_grads_naive(const Cache<S>& cache, const PoolMat<S>& dG, S* dx, S* dw_ih, S* dw_hh,
                         S* db) {
   const Index I = cache.d.I, H = cache.d.H, G = 4 * H;
-  const Mat<S> dxp = dG * cache.w_ih;  // [N, I]
+  const Mat<S> dxp = dG * unpack(cache.w_ih, G, I);  // [N, I]
   for (Index p = 0; p < cache.seq.N; ++p) Map<S>(dx + cache.seq.row[p] * I, 1, I) = dxp.row(p);
   Map<S>(dw_ih, G, I).noalias() = dG.transpose() * cache.x;
   Map<S>(dw_hh, G, H).noalias() = dG.transpose() * cache.hprev;
   Map<S>(db, 1, G) = dG.colwise().sum();
 }
 
-// The fast version: each right-hand matrix is packed (all threads share the work), then one
-// packed GEMM (gemm_part) computes the product. One scratch buffer serves all of them in turn.
+// The fast version: each right-hand matrix is packed (all threads share the work; W_ih comes
+// packed in the cache), then one packed GEMM (gemm_part) computes the product. One scratch
+// buffer serves all of them in turn.
 // With a projection, also dW_hr = dhn^T r (dhn [N, P]: dL/dh_new of every token).
 template <typename S>
 void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx,
@@ -1095,8 +1121,8 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
   // (I of W columns): then compute their transposes, 4H and N columns wide, and transpose back.
   const bool narrow = I < W;
   const Index npg = panel_count<S>(Panels::Plain, G), npn = panel_count<S>(Panels::Plain, N);
-  Buf<S> pk(std::max({narrow ? std::max(npn * G, npg * N) : npi * G, npi * N, npr * N,
-                      nph * N}) * W);  // packed right-hand side
+  Buf<S> pk(std::max({narrow ? std::max(npn * G, npg * N) : 0, npi * N, npr * N, nph * N}) *
+            W);  // packed right-hand side
   Buf<S> tr(narrow ? I * std::max(N, G) : 0);  // [I, N] dx^T, then [I, 4H] dW_ih^T
   const S *dg = dG.data(), *dgx = dGx.data(), *dgh = dGh.data();   // [N, 4H]
   const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
@@ -1117,9 +1143,10 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
       barrier();  // before pk is packed again
     };
     const S* x = cache.x.data();  // [N, I]
+    const S* wi = cache.w_ih.data();  // [npi, 4H, W] W_ih, packed (one panel when narrow)
     if (narrow) {
       Index a, b;
-      product(I, N, G, cache.w_ih.data(), I, false, dgx, 1, G, tr.data(), nullptr);  // dx^T
+      product(I, N, G, wi, W, false, dgx, 1, G, tr.data(), nullptr);  // dx^T = W_ih^T dG^T
       share(N, nt, tid, a, b);  // (the next product's first barrier ends these reads of tr)
       for (Index n = a; n < b; ++n)
         for (Index i = 0; i < I; ++i) dx[cache.seq.row[n] * I + i] = tr.data()[i * N + n];
@@ -1128,8 +1155,9 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
       for (Index g = a; g < b; ++g)
         for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr.data()[i * G + g];
     } else {
-      product(N, I, G, dgx, G, true, cache.w_ih.data(), I, 1, dx,
-              cache.seq.row.data());  // dx = dG W_ih
+      err.run([&] {  // dx = dG W_ih (packed already)
+        gemm_part<S>(tid, nt, N, I, G, dgx, G, wi, dx, I, true, ap.data(), cache.seq.row.data());
+      });
       product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr);  // dW_ih = dG^T x
     }
     product(G, R, N, dgh, G, false, cache.hprev.data(), R, 1, dw_hh, nullptr);  // dG^T hprev
@@ -1170,6 +1198,7 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
                    const S* bias, S* y, const S* h_n, S* c_n, Cache<S>* cache) {
   const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N;
   FlushDenormals ftz;
+  if (cache) fill_cache(*cache, 0, 1, x, w_ih, w_hh);
   Mat<S> xs, scratch;  // inference: x and the gates, packed
   if (!cache) {
     xs.resize(N, d.I), scratch.resize(N, G);
@@ -1212,9 +1241,10 @@ void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs
   const Seq& q = cache.seq;
   const Index H = d.H, G = 4 * H;
   FlushDenormals ftz;
+  const Mat<S> w_hh = unpack(cache.w_hh, G, d.R());  // [4H, R]
   for (Index s = d.T - 1; s >= -1; --s) {
     const Index m = q.n[s + 1];  // entries that step s + 1 reads: dh = dG_{s+1} W_hh
-    if (m) dhs.topRows(m).noalias() = CMap<S>(dG.data() + q.off[s + 1] * G, m, G) * cache.w_hh;
+    if (m) dhs.topRows(m).noalias() = CMap<S>(dG.data() + q.off[s + 1] * G, m, G) * w_hh;
     if (s < 0) break;
     for (Index k = 0; k < q.n[s]; ++k) {
       const Index p = q.off[s] + k;
@@ -1270,7 +1300,10 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
-    err.run([&] { pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr); });
+    err.run([&] {
+      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr);
+      if (training) fill_cache(*cache, tid, nt, x, w_ih, w_hh);
+    });
     // The projection goes by the same panels while they share out evenly: each thread then
     // projects just what its own steps read. Otherwise it goes by (panel, block of kMR rows of
     // the chunk) too, evenly, with a barrier after the packing and after each chunk's projection.
@@ -1294,10 +1327,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
             const Index r0 = b0 * rb, r1 = std::min(nr, b1 * rb);  // rows [r0, r1)
             panel_rows<S>(
                 r1 - r0, I, pw.wi + p * I * W,
-                [&](Index i) __attribute__((always_inline)) {
-                  const Index pos = pa + r0 + i;
-                  return training ? cache->x.data() + pos * I : x + q.row[pos] * I;
-                },
+                [&](Index i) __attribute__((always_inline)) { return x + q.row[pa + r0 + i] * I; },
                 [&](Index, int g) __attribute__((always_inline)) {
                   return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
                 },
@@ -1386,7 +1416,8 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   const bool proj = d.P > 0;
   const Index npr = panel_count<S>(Panels::Plain, R);   // W_hh panels: 4V units of R, K = 4H
   const Index nph = proj ? panel_count<S>(Panels::Plain, H) : 0;  // W_hr: 4V units, K = P
-  Buf<S> wh(npr * G * W), whr(nph * d.P * W);
+  const S* wh = cache.w_hh.data();  // [npr, 4H, 4V]
+  Buf<S> whr(nph * d.P * W);
   const Mat<S> md = dropout_mask(opt, B, R, true);
   const bool zc = opt.zoneout_c > 0;
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
@@ -1398,9 +1429,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
     Index p0, p1, ph0, ph1;
     share(npr, nt, tid, p0, p1);    // this thread's units of h: [p0 4V, p1 4V), for good
     share(nph, nt, tid, ph0, ph1);  // and of r, with a projection
-    err.run([&] {
-      pack_backward(cache, p0, p1, ph0, ph1, wh.data(), whr.data());
-    });
+    err.run([&] { pack_backward(cache, ph0, ph1, whr.data()); });
     // Step s, from T - 1 down to -1 (which leaves dh_0 in dhs):
     //   dh_t = dG_{t+1} W_hh (times m) for the thread's units of h, plus what dhs carries (dh_n
     //   at a sequence's last step, the zoneout share of dh_{t+1} before), plus dy_t;
@@ -1457,13 +1486,13 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
         for (Index p = p0; p < p1; ++p) {
           auto f = tiles(p, R, head_cell);
           panel_rows<S>(  // the entries still running at step s + 1: dG_{s+1} W_hh
-              m, G, wh.data() + p * G * W,
+              m, G, wh + p * G * W,
               [&](Index k) __attribute__((always_inline)) {
                 return dG.data() + (q.off[s + 1] + k) * G;
               },
               zeros, f, part.data());
           panel_rows<S>(  // those whose last step is s: no recurrent term
-              Bs - m, 0, wh.data(), [&](Index) { return wh.data(); }, zeros,
+              Bs - m, 0, wh, [&](Index) { return wh; }, zeros,
               [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
                 f(m + k, a0, a1, a2, a3);
               },
@@ -1524,6 +1553,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
     share(npr, nt, tid, pr0, pr1);
     err.run([&] {
       pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr);
+      if (training) fill_cache(*cache, tid, nt, x, w_ih, w_hh);
     });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
@@ -1552,9 +1582,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
               const Index a = q.off[t] + f0;
               panel_rows<S>(
                   span(t, f0, f1), I, pw.wi + p * I * W,
-                  [&](Index i) __attribute__((always_inline)) {
-                    return training ? cache->x.data() + (a + i) * I : x + q.row[a + i] * I;
-                  },
+                  [&](Index i) __attribute__((always_inline)) { return x + q.row[a + i] * I; },
                   zeros,
                   [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                     store_gates(zx(a + i), H, j0, nv, zi, zf, zg, zo);
@@ -1660,7 +1688,8 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
   const bool proj = d.P > 0, zc = opt.zoneout_c > 0;
   const Index npr = panel_count<S>(Panels::Plain, R);   // W_hh panels: 4V units of R, K = 4H
   const Index nph = proj ? panel_count<S>(Panels::Plain, H) : 0;  // W_hr: 4V units, K = P
-  Buf<S> wh(npr * G * W), whr(nph * d.P * W);
+  const S* wh = cache.w_hh.data();  // [npr, 4H, 4V]
+  Buf<S> whr(nph * d.P * W);
   const Mat<S> md = dropout_mask(opt, B, R, true);
   const S *gx = opt.ln, *gh = gx + G, *gc = gh + G, *bc = gc + H;
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
@@ -1673,9 +1702,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
     Index p0, p1, ph0, ph1, e0, e1;
     share(npr, nt, tid, p0, p1);
     share(nph, nt, tid, ph0, ph1);
-    err.run([&] {
-      pack_backward(cache, p0, p1, ph0, ph1, wh.data(), whr.data());
-    });
+    err.run([&] { pack_backward(cache, ph0, ph1, whr.data()); });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);
     for (Index s = T - 1; s >= -1; --s) {
@@ -1694,13 +1721,13 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
             }
           };
           panel_rows<S>(  // the entries still running at step s + 1: dGh_{s+1} W_hh
-              nm, G, wh.data() + p * G * W,
+              nm, G, wh + p * G * W,
               [&](Index i) __attribute__((always_inline)) {
                 return dGh.data() + (q.off[s + 1] + e0 + i) * G;
               },
               zeros, f, part.data(), m);
           panel_rows<S>(  // those whose last step is s: no recurrent term
-              nr - nm, 0, wh.data(), [&](Index) { return wh.data(); }, zeros,
+              nr - nm, 0, wh, [&](Index) { return wh; }, zeros,
               [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
                 f(nm + i, a0, a1, a2, a3);
               },
@@ -1906,7 +1933,7 @@ void lstm_forward(Kernel k, int threads, const Dims& d, const Options<S>& opt, c
   std::optional<Seq> own;  // the visiting order (the cache keeps its own)
   const Seq& q = cache ? cache->seq : own.emplace(d, opt.lengths, opt.reverse);
   const Mat<S> md = dropout_mask(opt, d.B, d.R(), cache != nullptr);
-  if (!begin_forward(d, q, opt, x, w_ih, w_hh, h0, c0, md, y, h_n, c_n, cache)) return;
+  if (!begin_forward(d, q, opt, h0, c0, md, y, h_n, c_n, cache)) return;
   if (k == Kernel::Naive)
     forward_naive(d, q, x, w_ih, w_hh, bias, y, h_n, c_n, cache);
   else if (opt.ln)

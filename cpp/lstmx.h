@@ -51,10 +51,11 @@
 //             runs the register-blocked microkernel
 //             h_{t-1} W_hh^T on top of that, kMR batch rows at a time, and applies the cell
 //             update to the tile while it is in L1: activations, c_t, h_t, the cache.
-//   backward: W_hh is packed into panels of 4V hidden units (K = 4H); each reverse step runs
-//             dG_{t+1} W_hh for the thread's units and the cell backward on the tile. After the
-//             loop, dx = dG W_ih, dW_ih = dG^T x and dW_hh = dG^T hprev are packed GEMMs on the
-//             same microkernel, and db sums dG's rows.
+//   backward: W_hh comes from the cache in panels of 4V hidden units (K = 4H), packed there by
+//             the forward's threads (and W_ih likewise, for dx) in place of a plain copy; each
+//             reverse step runs dG_{t+1} W_hh for the thread's units and the cell backward on
+//             the tile. After the loop, dx = dG W_ih, dW_ih = dG^T x and dW_hh = dG^T hprev are
+//             packed GEMMs on the same microkernel, and db sums dG's rows.
 //   projection: after the cell, a barrier, then h_t = r_t W_hr^T over panels of 4V units of P
 //             (W_hr^T packed once); backward mirrors it (dr = dh_new W_hr, dW_hr = dh_new^T r).
 //   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
@@ -265,9 +266,11 @@ struct Cache {
   Dims d;
   Options<S> opt;  // lengths: nullptr (seq has them); peephole: points at peep
   Seq seq;
-  PoolMat<S> x;      // [N, I]   copy of the input
-  PoolMat<S> w_ih;   // [4H, I]  copy of the weights used
-  PoolMat<S> w_hh;   // [4H, R]
+  PoolMat<S> x;      // [N, I]   copy of the input, rows in visiting order
+  // Copies of the weights used, as the backward kernels read them: Plain panels (lstm.cpp,
+  // pack) of 4V columns over K = 4H rows, written by the forward's threads.
+  PoolMat<S> w_ih;   // [ceil(I / 4V) 4H, 4V]  W_ih, column panels of 4V inputs
+  PoolMat<S> w_hh;   // [ceil(R / 4V) 4H, 4V]  W_hh, column panels of 4V units of h
   PoolMat<S> w_hr;   // [P, H]   (or empty)
   PoolMat<S> peep;   // [3, H]   copy of the peepholes (or empty)
   PoolMat<S> gates;  // [N, 4H]  activated gates i, f, g, o of every token (f = 1 - i if coupled)
