@@ -596,10 +596,11 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
                const Index* crow = nullptr) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  // With a copied A, one group (every panel) unless there are too few chunks to share out:
-  // each group copies its own A blocks, so more groups would copy A more than once.
+  // With a copied A, one group (every panel): each group copies its own A blocks, so more
+  // groups would copy A more than once (b32-h256 training, dW = dG^T x: 2-8% slower with two);
+  // the chunks below share out evenly anyway.
   const Index np = panel_count<S>(Panels::Plain, N), nc0 = ceil_div(M, kMC);
-  const Index ng = !a_rows && nc0 >= 4 * nt ? 1 : std::min<Index>(np, nt);
+  const Index ng = a_rows ? std::min<Index>(np, nt) : 1;
   // Chunks: at most kMC rows each, whole row blocks, as many as makes the items share out
   // evenly, and of equal size (within a row block), so no thread waits for another.
   Index nc = nc0;
