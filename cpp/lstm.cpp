@@ -957,23 +957,24 @@ void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S
   if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr, nt);  // W_hr^T
 }
 
-// Thread tid of nt's share of the copies the cache keeps of a training forward's inputs: rows of
-// x in visiting order, and rows of W_ih and W_hh packed as the backward kernels read them
-// (Plain, K = 4H: Cache's w_ih, w_hh). Streamed past the caches when large: backward reads
-// them only after the whole forward.
+// The copies the cache keeps of a training forward's inputs, filled by the forward's threads:
+// rows [r0, r1) of x in visiting order, and the rows of W_ih and W_hh of units [u0, u1) of each
+// gate, packed as the backward kernels read them (Plain, K = 4H: Cache's w_ih, w_hh). Streamed
+// past the caches when large: backward reads them only after the whole forward.
 template <typename S>
-void fill_cache(Cache<S>& cache, int tid, int nt, const S* x, const S* w_ih, const S* w_hh) {
+void fill_cache(Cache<S>& cache, Index r0, Index r1, Index u0, Index u1, const S* x,
+                const S* w_ih, const S* w_hh) {
   constexpr Index W = 4 * kV<S>;
-  const Index I = cache.d.I, G = 4 * cache.d.H, R = cache.d.R();
+  const Index I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
+  for (Index p = r0; p < r1; ++p) std::copy_n(x + cache.seq.row[p] * I, I, cache.x.data() + p * I);
   const bool st = stream_packing(std::size_t(G * (I + R)) * sizeof(S));
-  Index a, b;
-  share(cache.seq.N, nt, tid, a, b);
-  for (Index p = a; p < b; ++p) std::copy_n(x + cache.seq.row[p] * I, I, cache.x.data() + p * I);
-  share(G, nt, tid, a, b);
-  pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, I), b - a, I, w_ih + a * I, I, 1,
-          cache.w_ih.data() + a * W, st, G);
-  pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, R), b - a, R, w_hh + a * R, R, 1,
-          cache.w_hh.data() + a * W, st, G);
+  for (Index g = 0; g < 4 && u0 < u1; ++g) {
+    const Index a = g * H + u0;  // rows [a, a + u1 - u0)
+    pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, I), u1 - u0, I, w_ih + a * I, I, 1,
+            cache.w_ih.data() + a * W, st, G);
+    pack<S>(Panels::Plain, 0, panel_count<S>(Panels::Plain, R), u1 - u0, R, w_hh + a * R, R, 1,
+            cache.w_hh.data() + a * W, st, G);
+  }
 }
 
 // W [K, N] from the Plain panels that fill_cache writes (for the naive kernels).
@@ -1041,12 +1042,18 @@ struct Weights {
     own[0].resize(np * d.I * W), own[1].resize(np * d.R() * W), own[2].resize(npr * d.H * W);
     wi = own[0].data(), wh = own[1].data(), whr = own[2].data();
   }
-  // This thread's panels (see pack_forward), unless they came packed.
+  // This thread's panels (see pack_forward), unless they came packed; when training, also
+  // the rows of W_ih and W_hh of the same units for the cache (fill_cache), panel by panel, so
+  // that they come from L2.
   void fill(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S* w_ih, const S* w_hh,
-            const S* w_hr) const {
-    if (own[1].data())
-      pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, own[0].data(), own[1].data(),
-                   own[2].data());
+            const S* w_hr, Cache<S>* cache) const {
+    constexpr Index V = kV<S>;
+    S *wi = own[0].data(), *wh = own[1].data(), *whr = own[2].data();
+    for (Index p = p0; p < p1; ++p) {
+      if (wh) pack_forward(d, p, p + 1, 0, 0, w_ih, w_hh, w_hr, wi, wh, whr);
+      if (cache) fill_cache<S>(*cache, 0, 0, p * V, std::min(d.H, (p + 1) * V), nullptr, w_ih, w_hh);
+    }
+    if (wh) pack_forward(d, 0, 0, r0, r1, w_ih, w_hh, w_hr, wi, wh, whr);
   }
 };
 // Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies what
@@ -1199,7 +1206,7 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
                    const S* bias, S* y, const S* h_n, S* c_n, Cache<S>* cache) {
   const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N;
   FlushDenormals ftz;
-  if (cache) fill_cache(*cache, 0, 1, x, w_ih, w_hh);
+  if (cache) fill_cache(*cache, 0, N, 0, H, x, w_ih, w_hh);
   Mat<S> xs, scratch;  // inference: x and the gates, packed
   if (!cache) {
     xs.resize(N, d.I), scratch.resize(N, G);
@@ -1302,8 +1309,12 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
     err.run([&] {
-      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr);
-      if (training) fill_cache(*cache, tid, nt, x, w_ih, w_hh);
+      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr, cache);
+      if (training) {  // this thread's share of x's rows
+        Index a, b;
+        share(q.N, nt, tid, a, b);
+        fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
+      }
     });
     // The projection goes by the same panels while they share out evenly: each thread then
     // projects just what its own steps read. Otherwise it goes by (panel, block of kMR rows of
@@ -1553,8 +1564,12 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, pr0, pr1);
     err.run([&] {
-      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr);
-      if (training) fill_cache(*cache, tid, nt, x, w_ih, w_hh);
+      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr, cache);
+      if (training) {  // this thread's share of x's rows
+        Index a, b;
+        share(q.N, nt, tid, a, b);
+        fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
+      }
     });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
