@@ -589,17 +589,19 @@ EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, cons
 // are fewer panels) and rows into chunks of kMC; an item is (group, chunk). Within an item, K
 // goes in L1-sized blocks, and each block of A (kMC x KC, in L2) serves every panel of the
 // group. C carries the sums between k-blocks; every output sums its k in order, whatever the
-// split.
+// split. With c2, the panels of a second B [K, N2] follow B's in bpk, and C2[M, N2] = A B2
+// goes to c2 (ldc2): one pass over A serves both products.
 template <typename S>
 void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam,
                const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr,
-               const Index* crow = nullptr) {
+               const Index* crow = nullptr, S* c2 = nullptr, Index N2 = 0, Index ldc2 = 0) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
+  const Index np1 = panel_count<S>(Panels::Plain, N);
   // With a copied A, one group (every panel): each group copies its own A blocks, so more
   // groups would copy A more than once (b32-h256 training, dW = dG^T x: 2-8% slower with two);
   // the chunks below share out evenly anyway.
-  const Index np = panel_count<S>(Panels::Plain, N), nc0 = ceil_div(M, kMC);
+  const Index np = np1 + (c2 ? panel_count<S>(Panels::Plain, N2) : 0), nc0 = ceil_div(M, kMC);
   const Index ng = a_rows ? std::min<Index>(np, nt) : 1;
   // Chunks: at most kMC rows each, whole row blocks, as many as makes the items share out
   // evenly, and of equal size (within a row block), so no thread waits for another.
@@ -608,7 +610,6 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
   const Index units = ceil_div(M, Index(kMR));  // row blocks
   Index i0, i1;
   share(ng * nc, nt, tid, i0, i1);
-  auto crow_ = [&](Index m) { return c + (crow ? crow[m] : m) * ldc; };  // row m of C
   for (Index it = i0; it < i1; ++it) {
     const Index g = it / nc, ch = it % nc;
     const Index m0 = std::min(M, units * ch / nc * kMR);
@@ -619,9 +620,13 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
         for (Index k = 0; k < kb; ++k)
           std::copy(a + (k0 + k) * sam + m0, a + (k0 + k) * sam + m1, ap + k * kMC);
       for (Index p = np * g / ng; p < np * (g + 1) / ng; ++p) {
-        const Index n0 = p * W;
+        const bool first = p < np1;  // a panel of B (else of B2)
+        const Index n0 = (first ? p : p - np1) * W;
+        auto crow_ = [&](Index m) {  // row m of C (or C2)
+          return first ? c + (crow ? crow[m] : m) * ldc : c2 + m * ldc2;
+        };
         Index nv[4];  // valid lanes of each of the tile's 4 vectors
-        for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>(N - n0 - q * V, 0, V);
+        for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>((first ? N : N2) - n0 - q * V, 0, V);
         for (Index m = m0; m < m1; m += kMR)
           with_rows(int(std::min<Index>(kMR, m1 - m)), [&](auto RC) {
             constexpr int R = decltype(RC)::value;
@@ -1128,9 +1133,10 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
   // With fewer inputs than a panel is wide, dx and dW_ih as they are would be mostly padding
   // (I of W columns): then compute their transposes, 4H and N columns wide, and transpose back.
   const bool narrow = I < W;
+  const bool fuse = !narrow && dGx.data() == dGh.data();  // dW_ih and dW_hh share A = dG^T
   const Index npg = panel_count<S>(Panels::Plain, G), npn = panel_count<S>(Panels::Plain, N);
-  Buf<S> pk(std::max({narrow ? std::max(npn * G, npg * N) : 0, npi * N, npr * N, nph * N}) *
-            W);  // packed right-hand side
+  Buf<S> pk(std::max({narrow ? std::max(npn * G, npg * N) : 0, ((fuse ? npi : 0) + npr) * N,
+                      npi * N, nph * N}) * W);  // packed right-hand side
   Buf<S> tr(narrow ? I * std::max(N, G) : 0);  // [I, N] dx^T, then [I, 4H] dW_ih^T
   const S *dg = dG.data(), *dgx = dGx.data(), *dgh = dGh.data();   // [N, 4H]
   const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
@@ -1138,15 +1144,24 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
     Buf<S> ap;  // this thread's copy of a block of A^T
     err.run([&] { ap.resize(kKC<S> * kMC); });
     // C[M, n] = A B with A(m, k) = a[m * lda + k] (a_rows) or a[k * lda + m], and
-    // B(k, n) = b[k * sbk + n * sbn] (K x n) packed first.
+    // B(k, n) = b[k * sbk + n * sbn] (K x n) packed first; with b2 (row-major [K, n2]), also
+    // C2[M, n2] = A B2 in the same pass over A.
     auto product = [&](Index M, Index n, Index K, const S* a, Index lda, bool a_rows, const S* b,
-                       Index sbk, Index sbn, S* c, const Index* crow) {
+                       Index sbk, Index sbn, S* c, const Index* crow, Index n2 = 0,
+                       const S* b2 = nullptr, S* c2 = nullptr) {
+      const Index np1 = panel_count<S>(Panels::Plain, n);
       Index p0, p1;
-      share(panel_count<S>(Panels::Plain, n), nt, tid, p0, p1);
-      err.run([&] { pack<S>(Panels::Plain, p0, p1, K, n, b, sbk, sbn, pk.data()); });
+      share(np1 + (b2 ? panel_count<S>(Panels::Plain, n2) : 0), nt, tid, p0, p1);
+      err.run([&] {
+        pack<S>(Panels::Plain, std::min(p0, np1), std::min(p1, np1), K, n, b, sbk, sbn, pk.data());
+        if (b2)
+          pack<S>(Panels::Plain, std::max(p0, np1) - np1, std::max(p1, np1) - np1, K, n2, b2, n2,
+                  1, pk.data() + np1 * K * W);
+      });
       barrier();
       err.run([&] {
-        gemm_part<S>(tid, nt, M, n, K, a, lda, pk.data(), c, n, a_rows, ap.data(), crow);
+        gemm_part<S>(tid, nt, M, n, K, a, lda, pk.data(), c, n, a_rows, ap.data(), crow, c2, n2,
+                     n2);
       });
       barrier();  // before pk is packed again
     };
@@ -1166,9 +1181,13 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
       err.run([&] {  // dx = dG W_ih (packed already)
         gemm_part<S>(tid, nt, N, I, G, dgx, G, wi, dx, I, true, ap.data(), cache.seq.row.data());
       });
-      product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr);  // dW_ih = dG^T x
+      if (fuse)  // dW_ih = dG^T x and dW_hh = dG^T hprev, in one pass over dG
+        product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr, R, cache.hprev.data(), dw_hh);
+      else
+        product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr);  // dW_ih = dG^T x
     }
-    product(G, R, N, dgh, G, false, cache.hprev.data(), R, 1, dw_hh, nullptr);  // dG^T hprev
+    if (!fuse)
+      product(G, R, N, dgh, G, false, cache.hprev.data(), R, 1, dw_hh, nullptr);  // dG^T hprev
     if (cache.d.P)
       product(R, H, N, dhn.data(), R, false, cache.r.data(), H, 1, dw_hr, nullptr);  // dhn^T r
     Index c0, c1;  // db: this thread's columns
