@@ -1597,10 +1597,13 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
       return std::max<Index>(0, std::min(b, q.n[t]) - a);
     };
     auto rows = [&](Index t) { return span(t, e0, e1); };
-    // x W_ih^T goes by this thread's entries, every panel; or, with more threads than blocks,
-    // by every entry, this thread's share of the panels, between barriers (the rows of sx
-    // belong to other threads' steps).
+    // x W_ih^T and h_{t-1} W_hh^T go by this thread's entries, every panel; or, with more
+    // threads than blocks, by every entry, this thread's share of the panels [sp0, sp1),
+    // between barriers (the rows of sx and sh belong to other threads' steps): then a step has
+    // two barriers, and the entries' owners run the rest of it.
     const bool shared = nt > eb;
+    Index sp0 = 0, sp1 = np, f0 = e0, f1 = e1;  // panels and entries of the products
+    if (shared) share(np, nt, tid, sp0, sp1), f0 = 0, f1 = B;
     for (Index s = 0; s < T; ++s) {
       const Index s0 = s - s % Tc;  // first step of the projection chunk
       auto zx = [&](Index pos) {    // the row of x W_ih^T (then LN) of position pos
@@ -1609,9 +1612,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
       if (s == s0 && shared) barrier();  // the last chunk's steps done
       if (s == s0)  // x W_ih^T of steps [s, s + Tc), panel by panel (each serves Tc steps)
         err.run([&] {
-          Index p0x = 0, p1x = np, f0 = e0, f1 = e1;
-          if (shared) share(np, nt, tid, p0x, p1x), f0 = 0, f1 = B;
-          for (Index p = p0x; p < p1x; ++p) {
+          for (Index p = sp0; p < sp1; ++p) {
             const Index j0 = p * V, nv = std::min(V, H - j0);
             for (Index t = s; t < std::min(T, s + Tc); ++t) {
               const Index a = q.off[t] + f0;
@@ -1627,27 +1628,34 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
           }
         });
       if (s == s0 && shared) barrier();  // the chunk projected
-      const Index a = q.off[s] + e0, n = rows(s);
       auto zh = [&](Index k) {  // the row of h_{t-1} W_hh^T (then LN) of entry k
         return training ? cache->nh.data() + (q.off[s] + k) * G : sh.data() + k * G;
       };
       auto hprev = [&](Index k) {  // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
         return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
       };
+      // (shared, but for a chunk's first step, whose barriers serve: h_{t-1} complete, and the
+      // owners done with sh)
+      if (shared && s != s0) barrier();
       err.run([&] {
-        for (Index p = 0; p < np; ++p) {
+        const Index a = q.off[s] + f0;
+        for (Index p = sp0; p < sp1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);
           panel_rows<S>(
-              n, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
+              span(s, f0, f1), s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index i) __attribute__((always_inline)) {
-                return training ? cache->hprev.data() + (a + i) * R : hprev(e0 + i);
+                return training ? cache->hprev.data() + (a + i) * R : hprev(f0 + i);
               },
               zeros,
               [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                store_gates(zh(e0 + i), H, j0, nv, zi, zf, zg, zo);
+                store_gates(zh(f0 + i), H, j0, nv, zi, zf, zg, zo);
               },
               part.data(), q.n[s]);
         }
+      });
+      if (shared) barrier();  // every panel of h_{t-1} W_hh^T
+      const Index a = q.off[s] + e0, n = rows(s);
+      err.run([&] {
         for (Index k = e0; k < e0 + n; ++k) {
           const Index pos = q.off[s] + k, b = q.perm[k];
           S *ax = zx(pos), *ah = zh(k);
@@ -1730,45 +1738,57 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
   const P one = ei::pset1<P>(1), zero = ei::pzero(one);
   const Clamps<S> cl(opt.clip);
   auto zeros = [&](Index, int) __attribute__((always_inline)) { return zero; };
-  with_team(threads, ceil_div(B, kMR), 2.0 * N * (G * R + d.P * H),
+  const Index eb = ceil_div(B, Index(kMR));
+  Buf<S> dr(B * H);  // dL/dr of each entry
+  with_team(threads, std::max<Index>(eb, threads), 2.0 * N * (G * R + d.P * H),
             [&](int tid, int nt, Errors& err) {
-    Buf<S> part, dr, dcl;  // per thread: partial sums; dL/dr of its entries [B, H]; a row [H]
-    err.run([&] { part.resize(B * W), dr.resize(B * H), dcl.resize(H); });
-    Index p0, p1, ph0, ph1, e0, e1;
-    share(npr, nt, tid, p0, p1);
+    Buf<S> part, dcl;  // per thread: partial sums; a row [H]
+    err.run([&] { part.resize(B * W), dcl.resize(H); });
+    Index ph0, ph1, e0, e1;
     share(nph, nt, tid, ph0, ph1);
     err.run([&] { pack_backward(cache, ph0, ph1, whr.data()); });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);
+    // dGh_{s+1} W_hh goes by this thread's entries, every panel; or, with more threads than
+    // blocks (as in forward_ln), by every entry, this thread's share of the panels [sp0, sp1),
+    // between barriers: then a step has two barriers, and the entries' owners run the rest.
+    const bool shared = nt > eb;
+    Index sp0 = 0, sp1 = npr, f0 = e0, f1 = e1;
+    if (shared) share(npr, nt, tid, sp0, sp1), f0 = 0, f1 = B;
     for (Index s = T - 1; s >= -1; --s) {
       const Index Bs = s < 0 ? B : q.n[s], m = q.n[s + 1];  // rows, rows with dG_{s+1}
       const Index nr = std::max<Index>(0, std::min(e1, Bs) - e0);  // this thread's
-      const Index nm = std::max<Index>(0, std::min(e1, m) - e0);
+      if (shared) barrier();  // dGh_{s+1} complete, and the owners done with dr
       err.run([&] {
-        for (Index p = 0; p < npr; ++p) {
+        const Index nrf = std::max<Index>(0, std::min(f1, Bs) - f0);  // the product's rows
+        const Index nmf = std::max<Index>(0, std::min(f1, m) - f0);   // with dG_{s+1}
+        for (Index p = sp0; p < sp1; ++p) {
           auto f = [&, p](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
             const P a[4] = {a0, a1, a2, a3};
             for (int g = 0; g < 4; ++g) {
               const Index j = p * W + g * V, n = std::clamp<Index>(R - j, 0, V);
               if (!n) continue;
-              const P dh = dh_new(cache, md, dy, dhs, dhn, s, e0 + i, j, n, a[g]);
-              if (!proj && s >= 0) store(dr.data() + i * H + j, dh, n);
+              const P dh = dh_new(cache, md, dy, dhs, dhn, s, f0 + i, j, n, a[g]);
+              if (!proj && s >= 0) store(dr.data() + (f0 + i) * H + j, dh, n);
             }
           };
           panel_rows<S>(  // the entries still running at step s + 1: dGh_{s+1} W_hh
-              nm, G, wh + p * G * W,
+              nmf, G, wh + p * G * W,
               [&](Index i) __attribute__((always_inline)) {
-                return dGh.data() + (q.off[s + 1] + e0 + i) * G;
+                return dGh.data() + (q.off[s + 1] + f0 + i) * G;
               },
               zeros, f, part.data(), m);
           panel_rows<S>(  // those whose last step is s: no recurrent term
-              nr - nm, 0, wh, [&](Index) { return wh; }, zeros,
+              nrf - nmf, 0, wh, [&](Index) { return wh; }, zeros,
               [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
-                f(nm + i, a0, a1, a2, a3);
+                f(nmf + i, a0, a1, a2, a3);
               },
               part.data());
         }
-        if (s < 0) return;
+      });
+      if (shared) barrier();  // dh_new of every entry, every unit
+      if (s < 0) continue;
+      err.run([&] {
         for (Index p = 0; p < nph; ++p)  // dr = dh_new W_hr
           panel_rows<S>(
               nr, d.P, whr.data() + p * d.P * W,
@@ -1780,14 +1800,14 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
                 const P a[4] = {a0, a1, a2, a3};
                 for (int g = 0; g < 4; ++g) {
                   const Index j = p * W + g * V, n = std::clamp<Index>(H - j, 0, V);
-                  if (n) store(dr.data() + i * H + j, a[g], n);
+                  if (n) store(dr.data() + (e0 + i) * H + j, a[g], n);
                 }
               },
               part.data(), Bs);
         for (Index k = e0; k < e0 + nr; ++k) {
           const Index pos = q.off[s] + k, b = q.perm[k];
           const S *gb = cache.gates.data() + pos * G, *nc = cache.nc.data() + pos * H;
-          const S* drk = dr.data() + (k - e0) * H;
+          const S* drk = dr.data() + k * H;
           S *dz = dG.data() + pos * G, *dc = dch.data() + pos * H;
           for (Index j = 0; j < H; j += V) {  // dL/dz_o (before the clip mask) and dch
             const Index n = std::min(V, H - j);
