@@ -1597,11 +1597,12 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
       return std::max<Index>(0, std::min(b, q.n[t]) - a);
     };
     auto rows = [&](Index t) { return span(t, e0, e1); };
-    // x W_ih^T and h_{t-1} W_hh^T go by this thread's entries, every panel; or, with more
-    // threads than blocks, by every entry, this thread's share of the panels [sp0, sp1),
-    // between barriers (the rows of sx and sh belong to other threads' steps): then a step has
-    // two barriers, and the entries' owners run the rest of it.
-    const bool shared = nt > eb;
+    // x W_ih^T and h_{t-1} W_hh^T go by this thread's entries, every panel; or, when the
+    // blocks do not share out evenly among the threads (fewer blocks, or B = 16: 2 blocks
+    // against 1), by every entry, this thread's share of the panels [sp0, sp1), between
+    // barriers (the rows of sx and sh belong to other threads' steps): then a step has two
+    // barriers, and the entries' owners run the rest of it.
+    const bool shared = eb % nt != 0;
     Index sp0 = 0, sp1 = np, f0 = e0, f1 = e1;  // panels and entries of the products
     if (shared) share(np, nt, tid, sp0, sp1), f0 = 0, f1 = B;
     for (Index s = 0; s < T; ++s) {
@@ -1749,10 +1750,10 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
     err.run([&] { pack_backward(cache, ph0, ph1, whr.data()); });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);
-    // dGh_{s+1} W_hh goes by this thread's entries, every panel; or, with more threads than
-    // blocks (as in forward_ln), by every entry, this thread's share of the panels [sp0, sp1),
-    // between barriers: then a step has two barriers, and the entries' owners run the rest.
-    const bool shared = nt > eb;
+    // dGh_{s+1} W_hh goes by this thread's entries, every panel; or, when the blocks do not
+    // share out evenly (as in forward_ln), by every entry, this thread's share of the panels
+    // [sp0, sp1), between barriers: then a step has two barriers, and the owners run the rest.
+    const bool shared = eb % nt != 0;
     Index sp0 = 0, sp1 = npr, f0 = e0, f1 = e1;
     if (shared) share(npr, nt, tid, sp0, sp1), f0 = 0, f1 = B;
     for (Index s = T - 1; s >= -1; --s) {
