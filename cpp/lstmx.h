@@ -61,9 +61,11 @@
 //   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
 //             (batch rows) instead of units, for the whole call, and computes their full gate
 //             rows (every panel, weights packed once and shared) and the normalisations itself:
-//             no barrier in the time loop. Threads left without entries (small B) share out the
-//             input projection of every entry, by panels, between two barriers a chunk. The sums over tokens (db, the LN gains, peepholes)
-//             run after it, by columns, in token order.
+//             no barrier in the time loop. When the blocks do not share out evenly (small B),
+//             the products x W_ih^T and h_{t-1} W_hh^T (backward: dGh_{t+1} W_hh) go by panels
+//             of every entry instead, between barriers (two a step), and the owners of the
+//             entries run the rest. The sums over tokens (db, the LN gains, peepholes) run
+//             after it, by columns, in token order.
 //
 // Threads: the sequence kernels take a thread count. Each thread owns a slice of hidden units
 // for the whole call, so a step needs one barrier. Every output sums its terms in a fixed order
