@@ -207,6 +207,7 @@ struct Variant {
   double clip = 0, zoneout_h = 0, zoneout_c = 0, recurrent_dropout = 0;
   std::uint64_t seed = 0, stream = 0;
   py::object packed = py::none();  // a Packed_f32/f64 of these weights, or None
+  bool dots = false;               // Options::dots
 };
 
 // ln: receives the layer-norm arrays, concatenated (Options::ln points at it).
@@ -243,7 +244,7 @@ lstmx::Options<S> options(const Variant& v, const Dims& d, std::vector<S>& ln) {
   if (!(v.clip >= 0)) throw py::value_error("clip: expected a positive number or 0 (none)");
   o.reverse = v.reverse, o.clip = S(v.clip), o.input_forget = v.input_forget;
   o.zoneout_h = v.zoneout_h, o.zoneout_c = v.zoneout_c, o.recurrent_dropout = v.recurrent_dropout;
-  o.seed = v.seed, o.stream = v.stream;
+  o.seed = v.seed, o.stream = v.stream, o.dots = v.dots;
   return o;
 }
 
@@ -538,9 +539,10 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
                       bool reverse, const py::object& w_hr, const py::object& peephole,
                       double clip, bool input_forget, double zoneout_h, double zoneout_c,
                       double recurrent_dropout, std::uint64_t seed, std::uint64_t stream,
-                      const py::object& layer_norm, const py::object& packed) {
+                      const py::object& layer_norm, const py::object& packed, bool dots) {
   const Variant v{lengths,   peephole,  w_hr,      layer_norm,        reverse, input_forget,
-                  clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream, packed};
+                  clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream, packed,
+                  dots};
   if (py::isinstance<py::array_t<float>>(x))
     return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
   if (py::isinstance<py::array_t<double>>(x))
@@ -569,7 +571,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_forget") = false,
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
-        py::arg("layer_norm") = py::none(), py::arg("packed") = py::none());
+        py::arg("layer_norm") = py::none(), py::arg("packed") = py::none(),
+        py::arg("dots") = false);
   bind_step<float>(m, "StepPlan_f32");
   bind_step<double>(m, "StepPlan_f64");
   m.def("step_plan", [](const py::sequence& layers, double clip, bool input_forget,

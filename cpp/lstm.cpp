@@ -1034,7 +1034,9 @@ template <typename S>
 struct Weights {
   Buf<S> own[3];
   const S *wi, *wh, *whr;
-  Weights(const Dims& d, const Packed<S>* packed) {
+  // (pack false: none, for kernels that read the weights as they are)
+  Weights(const Dims& d, const Packed<S>* packed, bool pack = true) : wi(), wh(), whr() {
+    if (!pack) return;
     if (packed) {
       if (packed->I != d.I || packed->H != d.H || packed->P != d.P)
         throw std::invalid_argument("packed: made for other sizes");
@@ -1547,6 +1549,83 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   });
 }
 
+// ---- Dot products of the weights as they are, no packing (streaming, one step) --------------
+// At small B a step reads every weight once and reuses it little, so packing W^T (which reads
+// and writes them all) would cost more than the step. Instead each output is a dot product of
+// a weight row with an input row, in tiles of NR rows by NE inputs: each weight vector loaded
+// serves the NE inputs, and the NR x NE independent sums hide the FMA latency. Each sum runs
+// over k in a fixed order (per lane, then the lanes), whatever the tiling or the thread split.
+
+// Sums in a tile: half the vector registers (the rest hold inputs and a weight vector).
+constexpr int kDotSums = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 16 : 8;
+
+// acc[r][e] += sum_k w[r][k] a[e][k] over K, lane by lane: NR rows w[r], NE rows a[e].
+template <typename S, int NR, int NE>
+EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* const* a,
+                                  Pk<S> (&acc)[NR][NE]) {
+  using P = Pk<S>;
+  constexpr Index V = kV<S>;
+  auto block = [&](Index k, Index n) __attribute__((always_inline)) {  // lanes [k, k + n)
+    P av[NE];
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) av[e] = load(a[e] + k, n);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+#if defined(__SSE__) || defined(__x86_64__)
+      if constexpr (NE > 1)  // the row 1 KiB ahead (docs/design.md, "Streaming")
+        _mm_prefetch(reinterpret_cast<const char*>(w[r] + k) + 1024, _MM_HINT_T0);
+#endif
+      const P wv = load(w[r] + k, n);
+#pragma GCC unroll 4
+      for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
+    }
+  };
+  Index k = 0;
+  for (; k + V <= K; k += V) block(k, V);
+  if (k < K) block(k, K - k);
+}
+
+// out[r][e] = w1[r] . a1[e] + w2[r] . a2[e] (K1 and K2 values; a2 unread when K2 = 0): one set
+// of sums, reduced across the lanes once.
+template <typename S, int NR, int NE>
+EIGEN_ALWAYS_INLINE void dots(Index K1, const S* const* w1, const S* const* a1, Index K2,
+                              const S* const* w2, const S* const* a2, S (&out)[NR][NE]) {
+  Pk<S> acc[NR][NE];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) acc[r][e] = ei::pzero(Pk<S>());
+  dot_rows<S, NR, NE>(K1, w1, a1, acc);
+  if (K2) dot_rows<S, NR, NE>(K2, w2, a2, acc);
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < NE; ++e) out[r][e] = ei::predux(acc[r][e]);
+}
+
+// Calls f(e0, NE) for the rows [e0, e0 + NE) of [0, B), NE <= EM a compile-time count.
+template <int EM, typename F>
+EIGEN_ALWAYS_INLINE void entry_tiles(Index B, F&& f) {
+  for (Index e0 = 0; e0 < B; e0 += EM)
+    with_rows<EM>(int(std::min<Index>(EM, B - e0)),
+                  [&](auto NE) __attribute__((always_inline)) { f(e0, NE); });
+}
+
+// out(e, r, v) with v = w[r] . a(e) over K, for NR rows w[r] and entries e < n, in tiles of NR
+// rows by up to kDotSums / NR entries.
+template <typename S, int NR, typename A, typename Out>
+EIGEN_ALWAYS_INLINE void rows_dots(Index n, Index K, const S* const* w, A&& a, Out&& out) {
+  entry_tiles<kDotSums / NR>(n, [&](Index e0, auto NE) __attribute__((always_inline)) {
+    constexpr int ne = decltype(NE)::value;
+    const S* av[ne];
+    for (int e = 0; e < ne; ++e) av[e] = a(e0 + e);
+    S o[NR][ne];
+    dots<S, NR, ne>(K, w, av, 0, w, av, o);
+    for (int r = 0; r < NR; ++r)
+      for (int e = 0; e < ne; ++e) out(e0 + e, r, o[r][e]);
+  });
+}
+
 // ---- Layer norm: threads own batch entries (whole rows), for the whole call ------------------
 // Each thread takes blocks of kMR entries (share_entries) and runs every panel for them: a
 // step's full rows of x W_ih^T (Tc steps at a time) and h_{t-1} W_hh^T, their LNs, the cell, the
@@ -1564,7 +1643,17 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
   const Index Tc = std::min(T, std::max<Index>(1, kMC / B));
   const bool training = cache != nullptr, proj = d.P > 0, zc = opt.zoneout_c > 0;
   const S *gx = opt.ln, *gh = gx + G, *gc = gh + G, *bc = gc + H;  // [4H], [4H], [H], [H]
-  const Weights<S> pw(d, packed);
+  // One step of inference without packed weights (Options::dots): each product is a dot
+  // product of a weight row as it is (rows_dots), with no per-call packing.
+  const bool dots = opt.dots && !packed && T == 1 && !training;
+  const Weights<S> pw(d, packed, !dots);
+  // out(e, row, v) for the 4 gate rows of units [j0, j0 + nv) of w [4H, K] and entries e < n
+  auto gate_dots = [&](Index n, Index K, const S* w, Index j0, Index nv, auto&& a, auto&& out) {
+    for (Index u = j0; u < j0 + nv; ++u) {
+      const S* wr[4] = {w + u * K, w + (H + u) * K, w + (2 * H + u) * K, w + (3 * H + u) * K};
+      rows_dots<S, 4>(n, K, wr, a, [&](Index e, int g, S v) { out(e, g * H + u, v); });
+    }
+  };
   // Inference scratch: x W_ih^T of Tc steps [Tc B, 4H]; h W_hh^T, then the gates, of a step
   // [B, 4H]; c_t, then LN(c_t) [B, H]; r [B, H]. Training keeps them in the cache.
   Buf<S> sx(training ? 0 : Tc * B * G), sh(training ? 0 : B * G), sc(training ? 0 : B * H);
@@ -1617,6 +1706,13 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             const Index j0 = p * V, nv = std::min(V, H - j0);
             for (Index t = s; t < std::min(T, s + Tc); ++t) {
               const Index a = q.off[t] + f0;
+              if (dots) {
+                gate_dots(
+                    span(t, f0, f1), I, w_ih, j0, nv,
+                    [&](Index i) { return x + q.row[a + i] * I; },
+                    [&](Index i, Index c, S v) { zx(a + i)[c] = v; });
+                continue;
+              }
               panel_rows<S>(
                   span(t, f0, f1), I, pw.wi + p * I * W,
                   [&](Index i) __attribute__((always_inline)) { return x + q.row[a + i] * I; },
@@ -1642,6 +1738,13 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
         const Index a = q.off[s] + f0;
         for (Index p = sp0; p < sp1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);
+          if (dots) {
+            gate_dots(
+                span(s, f0, f1), h0 ? R : 0, w_hh, j0, nv,
+                [&](Index i) { return hprev(f0 + i); },
+                [&](Index i, Index c, S v) { zh(f0 + i)[c] = v; });
+            continue;
+          }
           panel_rows<S>(
               span(s, f0, f1), s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index i) __attribute__((always_inline)) {
@@ -1698,7 +1801,22 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
             else emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, r, y);
           }
         }
-        for (Index p = 0; p < npr; ++p)  // h = r W_hr^T
+        for (Index j0 = 0; dots && j0 < d.P; j0 += V) {  // h = r W_hr^T, V units at a time
+          const Index nv = std::min(V, d.P - j0);
+          for (Index u = j0; u < j0 + nv; u += 4) {
+            const S* wr[4];  // (rows past P: the last one again, unused)
+            for (int r = 0; r < 4; ++r) wr[r] = opt.w_hr + std::min(u + r, d.P - 1) * H;
+            rows_dots<S, 4>(
+                n, H, wr, [&](Index i) { return rs.data() + (e0 + i) * H; },
+                [&](Index i, int r, S v) {
+                  if (u + r < j0 + nv) part.data()[i * V + u - j0 + r] = v;
+                });
+          }
+          for (Index i = 0; i < n; ++i)
+            emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), j0, nv,
+                   load(part.data() + i * V, nv), y);
+        }
+        for (Index p = 0; !dots && p < npr; ++p)  // h = r W_hr^T
           project_panel<S>(
               n, H, R, p * W, pw.whr + p * H * W,
               [&](Index i) __attribute__((always_inline)) {
@@ -1877,68 +1995,6 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
         }
     });
   });
-}
-
-// ---- One step for streaming: the weights as they are, dot products, no packing ---------------
-// At small B a step reads every weight once and reuses it little, so packing W^T (which reads
-// and writes them all) would cost more than the step. Instead each output is a dot product of
-// a weight row with an input row, in tiles of NR rows by NE inputs: each weight vector loaded
-// serves the NE inputs, and the NR x NE independent sums hide the FMA latency. Each sum runs
-// over k in a fixed order (per lane, then the lanes), whatever the tiling or the thread split.
-
-// Sums in a tile: half the vector registers (the rest hold inputs and a weight vector).
-constexpr int kDotSums = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 16 : 8;
-
-// acc[r][e] += sum_k w[r][k] a[e][k] over K, lane by lane: NR rows w[r], NE rows a[e].
-template <typename S, int NR, int NE>
-EIGEN_ALWAYS_INLINE void dot_rows(Index K, const S* const* w, const S* const* a,
-                                  Pk<S> (&acc)[NR][NE]) {
-  using P = Pk<S>;
-  constexpr Index V = kV<S>;
-  auto block = [&](Index k, Index n) __attribute__((always_inline)) {  // lanes [k, k + n)
-    P av[NE];
-#pragma GCC unroll 4
-    for (int e = 0; e < NE; ++e) av[e] = load(a[e] + k, n);
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-#if defined(__SSE__) || defined(__x86_64__)
-      if constexpr (NE > 1)  // the row 1 KiB ahead (docs/design.md, "Streaming")
-        _mm_prefetch(reinterpret_cast<const char*>(w[r] + k) + 1024, _MM_HINT_T0);
-#endif
-      const P wv = load(w[r] + k, n);
-#pragma GCC unroll 4
-      for (int e = 0; e < NE; ++e) acc[r][e] = ei::pmadd(wv, av[e], acc[r][e]);
-    }
-  };
-  Index k = 0;
-  for (; k + V <= K; k += V) block(k, V);
-  if (k < K) block(k, K - k);
-}
-
-// out[r][e] = w1[r] . a1[e] + w2[r] . a2[e] (K1 and K2 values; a2 unread when K2 = 0): one set
-// of sums, reduced across the lanes once.
-template <typename S, int NR, int NE>
-EIGEN_ALWAYS_INLINE void dots(Index K1, const S* const* w1, const S* const* a1, Index K2,
-                              const S* const* w2, const S* const* a2, S (&out)[NR][NE]) {
-  Pk<S> acc[NR][NE];
-#pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-    for (int e = 0; e < NE; ++e) acc[r][e] = ei::pzero(Pk<S>());
-  dot_rows<S, NR, NE>(K1, w1, a1, acc);
-  if (K2) dot_rows<S, NR, NE>(K2, w2, a2, acc);
-#pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-    for (int e = 0; e < NE; ++e) out[r][e] = ei::predux(acc[r][e]);
-}
-
-// Calls f(e0, NE) for the rows [e0, e0 + NE) of [0, B), NE <= EM a compile-time count.
-template <int EM, typename F>
-EIGEN_ALWAYS_INLINE void entry_tiles(Index B, F&& f) {
-  for (Index e0 = 0; e0 < B; e0 += EM)
-    with_rows<EM>(int(std::min<Index>(EM, B - e0)),
-                  [&](auto NE) __attribute__((always_inline)) { f(e0, NE); });
 }
 
 // The step's pre-activations z [B, 4, V] of units [j0, j0 + nv): x_b W_ih^T + h_b W_hh^T + b.

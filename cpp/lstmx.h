@@ -227,6 +227,9 @@ struct Options {
   double recurrent_dropout = 0;           // in [0, 1); training only
   std::uint64_t seed = 0, stream = 0;
   const S* ln = nullptr;  // [10H] layer norm: gain_x [4H], gain_h [4H], gain_c [H], bias_c [H]
+  // Layer-norm inference of one step (T = 1) without packed weights: the products as dot
+  // products of the weights as they are, not packed panels (LSTM.step; other rounding).
+  bool dots = false;
   bool plain() const {
     return !peephole && clip == 0 && !input_forget && zoneout_h == 0 && zoneout_c == 0 &&
            recurrent_dropout == 0 && !ln;

@@ -51,7 +51,9 @@ def test_step_equals_sequence(kw: dict[str, Any], dtype: Any, frozen: bool) -> N
 
 
 # The step kernel (lstmx.h, lstm_step): sizes with vector tails (I = 37, H = 70, P = 33) and
-# more blocks of units than threads; layer norm takes the sequence kernels.
+# more blocks of units than threads; layer norm takes the sequence kernel (forward_ln), which
+# computes one step's products as dot products of the weights as they are (Options::dots)
+# unless they are packed (frozen).
 KERNEL_VARIANTS: list[dict[str, Any]] = [
     {},
     dict(num_layers=3, bias=False, forget_bias=None),
@@ -77,10 +79,12 @@ def test_step_kernel_at_every_isa(isa: str, kw: dict[str, Any], dtype: Any, froz
         assert_close(got, want, dtype, f"{what} at {isa}")
 
 
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "ln"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
-def test_step_same_for_any_thread_count(isa: str, frozen: bool) -> None:
+def test_step_same_for_any_thread_count(isa: str, frozen: bool, layer_norm: bool) -> None:
     """Each unit's sums run in a fixed order, however the units are split among threads."""
-    lay = lstmx.LSTM(50, 130, num_layers=2, proj_size=40, peephole=True, seed=0)
+    lay = lstmx.LSTM(50, 130, num_layers=2, proj_size=40, peephole=True, seed=0,
+                     layer_norm=layer_norm)
     m = lay.freeze() if frozen else lay
     x = np.random.default_rng(5).standard_normal((3, 50)).astype(np.float32)
     old = lstmx.get_num_threads()

@@ -60,6 +60,7 @@ def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Arr
             input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
             recurrent_dropout: float = 0.0, seed: int = 0, stream: int = 0,
             layer_norm: tuple[_Array, ...] | None = None, packed: _Packed | None = None,
+            dots: bool = False,
             ) -> tuple[_Floats, _Floats, _Floats, Cache_f32 | Cache_f64 | None]:
     """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``."""
 

@@ -547,8 +547,9 @@ class LSTM:
             if b_ih is not None and b_hh is not None:
                 with np.errstate(all="ignore"):  # as lstm(): inf + -inf is NaN, silently
                     bias = b_ih + b_hh
+            # dots: the weights read as they are, not packed for one step (unless frozen)
             inp, hn, cn, _ = _core.forward(inp, w_ih, w_hh, bias, h[k], c[k], False, False,
-                                           **sp.kw)
+                                           dots=True, **sp.kw)
             hs.append(hn)
             cs.append(cn)
         return inp[0], StreamState(np.stack(hs), np.stack(cs))
