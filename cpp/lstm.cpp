@@ -583,10 +583,11 @@ EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, cons
 }
 
 // C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n] (or
-// c[crow[m] * ldc + n]): this thread's share. A(m, k) = a[m * sam + k], or with a_rows false A(m, k) = a[k * sam + m]: then
-// each block of A is first copied, k-major, into ap [kKC x kMC] (per-thread scratch), because
-// walking down its columns would thrash the L1. Panels are cut into one group per thread (fewer if there
-// are fewer panels) and rows into chunks of kMC; an item is (group, chunk). Within an item, K
+// c[crow[m] * ldc + n]): this thread's share. A(m, k) = a[m * sam + k], or with a_rows false
+// A(m, k) = a[k * sam + m]: then each block of A is first copied, k-major, into ap [kKC x kMC]
+// (per-thread scratch), because walking down its columns would thrash the L1. Panels are cut
+// into one group per thread (fewer if there are fewer panels; one with a copied A) and rows
+// into chunks of kMC; an item is (group, chunk). Within an item, K
 // goes in L1-sized blocks, and each block of A (kMC x KC, in L2) serves every panel of the
 // group. C carries the sums between k-blocks; every output sums its k in order, whatever the
 // split. With c2, the panels of a second B [K, N2] follow B's in bpk, and C2[M, N2] = A B2
@@ -1049,25 +1050,31 @@ struct Weights {
     own[0].resize(np * d.I * W), own[1].resize(np * d.R() * W), own[2].resize(npr * d.H * W);
     wi = own[0].data(), wh = own[1].data(), whr = own[2].data();
   }
-  // This thread's panels (see pack_forward), unless they came packed; when training, also
-  // the rows of W_ih and W_hh of the same units for the cache (fill_cache), panel by panel, so
-  // that they come from L2.
-  void fill(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S* w_ih, const S* w_hh,
-            const S* w_hr, Cache<S>* cache) const {
+  // Thread tid of nt's panels [p0, p1) and [r0, r1) (see pack_forward), unless they came
+  // packed; when training, also the cache's copies (fill_cache): the rows of W_ih and W_hh of
+  // the same units, panel by panel, so that they come from L2, and a share of x's rows.
+  void fill(const Dims& d, int tid, int nt, Index p0, Index p1, Index r0, Index r1,
+            const S* x, const S* w_ih, const S* w_hh, const S* w_hr, Cache<S>* cache) const {
     constexpr Index V = kV<S>;
     S *wi = own[0].data(), *wh = own[1].data(), *whr = own[2].data();
     for (Index p = p0; p < p1; ++p) {
       if (wh) pack_forward(d, p, p + 1, 0, 0, w_ih, w_hh, w_hr, wi, wh, whr);
-      if (cache) fill_cache<S>(*cache, 0, 0, p * V, std::min(d.H, (p + 1) * V), nullptr, w_ih, w_hh);
+      if (cache) fill_cache<S>(*cache, 0, 0, p * V, std::min(d.H, (p + 1) * V), x, w_ih, w_hh);
     }
     if (wh) pack_forward(d, 0, 0, r0, r1, w_ih, w_hh, w_hr, wi, wh, whr);
+    if (cache) {
+      Index a, b;
+      share(cache->seq.N, nt, tid, a, b);
+      fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
+    }
   }
 };
-// Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies what
-// backward reads into the cache. Returns false when there is nothing to compute.
+// Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies into the
+// cache what backward reads (but x and the weights: fill_cache). Returns false when there is
+// nothing to compute.
 template <typename S>
-bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* h0, const S* c0, const Mat<S>& md, S* y, S* h_n,
-                   S* c_n, Cache<S>* cache) {
+bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* h0, const S* c0,
+                   const Mat<S>& md, S* y, S* h_n, S* c_n, Cache<S>* cache) {
   const Index B = d.B, H = d.H, R = d.R();
   Map<S> hn(h_n, B, R), cn(c_n, B, H);  // [B, R], [B, H]
   if (c0) cn = CMap<S>(c0, B, H); else cn.setZero();
@@ -1075,7 +1082,7 @@ bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* 
   for (Index k = 0; k < B; ++k)  // y past each sequence's end
     for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * R, R, S(0));
   if (q.N == 0 || H == 0) return false;
-  if (cache) {  // (the kernels fill x, w_ih and w_hh: fill_cache)
+  if (cache) {
     if (d.P) cache->w_hr = CMap<S>(opt.w_hr, d.P, H);
     if (opt.peephole) cache->peep = CMap<S>(opt.peephole, 3, H);
     if (opt.ln) cache->ln = CMap<S>(opt.ln, 1, 10 * H);
@@ -1329,14 +1336,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
-    err.run([&] {
-      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr, cache);
-      if (training) {  // this thread's share of x's rows
-        Index a, b;
-        share(q.N, nt, tid, a, b);
-        fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
-      }
-    });
+    err.run([&] { pw.fill(d, tid, nt, p0, p1, pr0, pr1, x, w_ih, w_hh, opt.w_hr, cache); });
     // The projection goes by the same panels while they share out evenly: each thread then
     // projects just what its own steps read. Otherwise it goes by (panel, block of kMR rows of
     // the chunk) too, evenly, with a barrier after the packing and after each chunk's projection.
@@ -1671,14 +1671,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
     Index p0, p1, pr0, pr1, e0, e1;
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, pr0, pr1);
-    err.run([&] {
-      pw.fill(d, p0, p1, pr0, pr1, w_ih, w_hh, opt.w_hr, cache);
-      if (training) {  // this thread's share of x's rows
-        Index a, b;
-        share(q.N, nt, tid, a, b);
-        fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
-      }
-    });
+    err.run([&] { pw.fill(d, tid, nt, p0, p1, pr0, pr1, x, w_ih, w_hh, opt.w_hr, cache); });
     barrier();  // every panel packed
     share_entries(B, nt, tid, e0, e1);  // this thread's entries, for good
     // rows at step t of entries [a, b): [a, a + span(t, a, b)); this thread's: rows(t)
