@@ -1328,8 +1328,13 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const P one = ei::pset1<P>(1);
   const Clamps<S> clamp(opt.clip);
   // A step splits by panels, so at most one thread a panel, unless the panels are fewer than
-  // the threads and the projection is worth a barrier a step to the others (>= 1 MFLOP a step).
-  const Index items = np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
+  // the threads: then by blocks of kMR rows, every panel each (whole tiles: the same sums),
+  // while all of W_hh fits in L2 (each thread reads it all every step); else the others join
+  // only if the projection is worth a barrier a step to them (>= 1 MFLOP a step).
+  const Index nrb = ceil_div(B, Index(kMR));
+  const bool step_rows = np < threads && nrb > np && G * R * Index(sizeof(S)) <= (512 << 10);
+  const Index items = step_rows ? std::min<Index>(nrb, threads)
+                      : np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
   with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
     err.run([&] { part.resize(std::max(ch.rows, B) * W); });
@@ -1342,6 +1347,11 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     // the chunk) too, evenly, with a barrier after the packing and after each chunk's projection.
     const bool by_rows = np % nt != 0;
     if (by_rows) barrier();  // every panel packed
+    Index r0 = 0, r1 = B, sp0 = p0, sp1 = p1;  // a step's rows and panels
+    if (step_rows) {
+      share(nrb, nt, tid, r0, r1);
+      r0 *= kMR, r1 = std::min(B, r1 * kMR), sp0 = 0, sp1 = np;
+    }
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
@@ -1382,18 +1392,19 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
         emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, h, y);
       };
       err.run([&] {
-        for (Index p = p0; p < p1; ++p) {
+        const Index nr = std::max<Index>(0, std::min(r1, Bs) - r0);  // rows [r0, r0 + nr)
+        for (Index p = sp0; p < sp1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);  // units [j0, j0 + nv)
           panel_rows<S>(
-              Bs, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
-              [&](Index k) __attribute__((always_inline)) {
-                return training ? cache->hprev.data() + (q.off[s] + k) * R : hprev(k);
+              nr, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
+              [&](Index i) __attribute__((always_inline)) {
+                return training ? cache->hprev.data() + (q.off[s] + r0 + i) * R : hprev(r0 + i);
               },
-              [&](Index k, int g) __attribute__((always_inline)) {  // the input projection
-                return load(gates + grow(q.off[s] + k) * G + g * H + j0, nv);
+              [&](Index i, int g) __attribute__((always_inline)) {  // the input projection
+                return load(gates + grow(q.off[s] + r0 + i) * G + g * H + j0, nv);
               },
-              [&](Index k, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
-                const Index pos = q.off[s] + k, b = q.perm[k];
+              [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
+                const Index k = r0 + i, pos = q.off[s] + k, b = q.perm[k];
                 const S* cp = training ? (s ? cache->c.data() + (q.off[s - 1] + k) * H
                                             : cache->c0.data() + k * H)
                                        : c_n + b * H;
@@ -1413,7 +1424,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                 else
                   emit(k, j0, nv, r);
               },
-              part.data());
+              part.data(), Bs);
         }
       });
       if (proj) {
