@@ -50,7 +50,8 @@
 //             barrier, when the slices are uneven or fewer than the threads); every step it
 //             runs the register-blocked microkernel
 //             h_{t-1} W_hh^T on top of that, kMR batch rows at a time, and applies the cell
-//             update to the tile while it is in L1: activations, c_t, h_t, the cache.
+//             update to the tile while it is in L1: activations, c_t, h_t, the cache. With
+//             fewer unit slices than threads (small H), a step splits by row blocks instead.
 //   backward: W_hh comes from the cache in panels of 4V hidden units (K = 4H), packed there by
 //             the forward's threads (and W_ih likewise, for dx) in place of a plain copy; each
 //             reverse step runs dG_{t+1} W_hh for the thread's units (at small R, with fewer
