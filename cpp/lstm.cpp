@@ -878,12 +878,19 @@ void ln_row_backward(const S* da, const S* gain, const S* nrm, S rstd, Index n, 
   }
 }
 
-// Thread tid's batch entries [e0, e1) with layer norm: whole blocks of kMR, so that the
-// microkernel's row groups, and so every sum, are the same for any thread count.
+// Thread tid's batch entries [e0, e1) when threads split by rows: whole blocks of kMR, so
+// that the microkernel's row groups, and so every sum, are the same for any thread count.
 inline void share_entries(Index B, int nt, int tid, Index& e0, Index& e1) {
   Index b0, b1;
   share(ceil_div(B, kMR), nt, tid, b0, b1);
   e0 = std::min(B, b0 * kMR), e1 = std::min(B, b1 * kMR);
+}
+
+// Whether a step of the unit-split kernels, with fewer panels than threads, goes by blocks of
+// entries instead (share_entries), every panel each: only while the weights it reads every
+// step (bytes) fit in L2, since each thread then reads all of them.
+inline bool split_entries(Index panels, int threads, Index B, Index bytes) {
+  return panels < threads && ceil_div(B, Index(kMR)) > panels && bytes <= (512 << 10);
 }
 }  // namespace
 
@@ -963,16 +970,21 @@ void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S
   if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr, nt);  // W_hr^T
 }
 
-// The copies the cache keeps of a training forward's inputs, filled by the forward's threads:
-// rows [r0, r1) of x in visiting order, and the rows of W_ih and W_hh of units [u0, u1) of each
-// gate, packed as the backward kernels read them (Plain, K = 4H: Cache's w_ih, w_hh). Streamed
-// past the caches when large: backward reads them only after the whole forward.
+// The copies the cache keeps of a training forward's inputs, filled by the forward's threads.
+// cache_x: rows [r0, r1) of x, in visiting order.
 template <typename S>
-void fill_cache(Cache<S>& cache, Index r0, Index r1, Index u0, Index u1, const S* x,
-                const S* w_ih, const S* w_hh) {
+void cache_x(Cache<S>& cache, Index r0, Index r1, const S* x) {
+  const Index I = cache.d.I;
+  for (Index p = r0; p < r1; ++p) std::copy_n(x + cache.seq.row[p] * I, I, cache.x.data() + p * I);
+}
+
+// cache_weights: the rows of W_ih and W_hh of units [u0, u1) of each gate, packed as the
+// backward kernels read them (Plain, K = 4H: Cache's w_ih, w_hh). Streamed past the caches
+// when large: backward reads them only after the whole forward.
+template <typename S>
+void cache_weights(Cache<S>& cache, Index u0, Index u1, const S* w_ih, const S* w_hh) {
   constexpr Index W = 4 * kV<S>;
   const Index I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
-  for (Index p = r0; p < r1; ++p) std::copy_n(x + cache.seq.row[p] * I, I, cache.x.data() + p * I);
   const bool st = stream_packing(std::size_t(G * (I + R)) * sizeof(S));
   for (Index g = 0; g < 4 && u0 < u1; ++g) {
     const Index a = g * H + u0;  // rows [a, a + u1 - u0)
@@ -983,7 +995,7 @@ void fill_cache(Cache<S>& cache, Index r0, Index r1, Index u0, Index u1, const S
   }
 }
 
-// W [K, N] from the Plain panels that fill_cache writes (for the naive kernels).
+// W [K, N] from the Plain panels that cache_weights writes (for the naive kernels).
 template <typename S>
 Mat<S> unpack(const PoolMat<S>& panels, Index K, Index N) {
   constexpr Index W = 4 * kV<S>;
@@ -1051,27 +1063,27 @@ struct Weights {
     wi = own[0].data(), wh = own[1].data(), whr = own[2].data();
   }
   // Thread tid of nt's panels [p0, p1) and [r0, r1) (see pack_forward), unless they came
-  // packed; when training, also the cache's copies (fill_cache): the rows of W_ih and W_hh of
-  // the same units, panel by panel, so that they come from L2, and a share of x's rows.
+  // packed; when training, also the cache's copies: the rows of W_ih and W_hh of the same
+  // units, panel by panel, so that they come from L2 (cache_weights), and a share of x's rows.
   void fill(const Dims& d, int tid, int nt, Index p0, Index p1, Index r0, Index r1,
             const S* x, const S* w_ih, const S* w_hh, const S* w_hr, Cache<S>* cache) const {
     constexpr Index V = kV<S>;
     S *wi = own[0].data(), *wh = own[1].data(), *whr = own[2].data();
     for (Index p = p0; p < p1; ++p) {
       if (wh) pack_forward(d, p, p + 1, 0, 0, w_ih, w_hh, w_hr, wi, wh, whr);
-      if (cache) fill_cache<S>(*cache, 0, 0, p * V, std::min(d.H, (p + 1) * V), x, w_ih, w_hh);
+      if (cache) cache_weights(*cache, p * V, std::min(d.H, (p + 1) * V), w_ih, w_hh);
     }
     if (wh) pack_forward(d, 0, 0, r0, r1, w_ih, w_hh, w_hr, wi, wh, whr);
     if (cache) {
       Index a, b;
       share(cache->seq.N, nt, tid, a, b);
-      fill_cache(*cache, a, b, 0, 0, x, w_ih, w_hh);
+      cache_x(*cache, a, b, x);
     }
   }
 };
 // Sets h_n, c_n to the initial state and y's padding to 0 and, when training, copies into the
-// cache what backward reads (but x and the weights: fill_cache). Returns false when there is
-// nothing to compute.
+// cache what backward reads (but x and the weights: cache_x, cache_weights). Returns false
+// when there is nothing to compute.
 template <typename S>
 bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* h0, const S* c0,
                    const Mat<S>& md, S* y, S* h_n, S* c_n, Cache<S>* cache) {
@@ -1234,7 +1246,7 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
                    const S* bias, S* y, const S* h_n, S* c_n, Cache<S>* cache) {
   const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N;
   FlushDenormals ftz;
-  if (cache) fill_cache(*cache, 0, N, 0, H, x, w_ih, w_hh);
+  if (cache) cache_x(*cache, 0, N, x), cache_weights(*cache, 0, H, w_ih, w_hh);
   Mat<S> xs, scratch;  // inference: x and the gates, packed
   if (!cache) {
     xs.resize(N, d.I), scratch.resize(N, G);
@@ -1328,12 +1340,10 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const P one = ei::pset1<P>(1);
   const Clamps<S> clamp(opt.clip);
   // A step splits by panels, so at most one thread a panel, unless the panels are fewer than
-  // the threads: then by blocks of kMR rows, every panel each (whole tiles: the same sums),
-  // while all of W_hh fits in L2 (each thread reads it all every step); else the others join
-  // only if the projection is worth a barrier a step to them (>= 1 MFLOP a step).
-  const Index nrb = ceil_div(B, Index(kMR));
-  const bool step_rows = np < threads && nrb > np && G * R * Index(sizeof(S)) <= (512 << 10);
-  const Index items = step_rows ? std::min<Index>(nrb, threads)
+  // the threads: then by blocks of entries (split_entries), or else the others join only if
+  // the projection is worth a barrier a step to them (>= 1 MFLOP a step).
+  const bool step_rows = split_entries(np, threads, B, G * R * Index(sizeof(S)));
+  const Index items = step_rows ? std::min<Index>(ceil_div(B, Index(kMR)), threads)
                       : np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
   with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
@@ -1348,10 +1358,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     const bool by_rows = np % nt != 0;
     if (by_rows) barrier();  // every panel packed
     Index r0 = 0, r1 = B, sp0 = p0, sp1 = p1;  // a step's rows and panels
-    if (step_rows) {
-      share(nrb, nt, tid, r0, r1);
-      r0 *= kMR, r1 = std::min(B, r1 * kMR), sp0 = 0, sp1 = np;
-    }
+    if (step_rows) share_entries(B, nt, tid, r0, r1), sp0 = 0, sp1 = np;
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
@@ -1468,24 +1475,20 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
   const Clamps<S> cl(opt.clip);
   const double flops = 2.0 * q.N * (G * R + d.P * H);
   // A step splits by panels of h; with fewer panels than threads (R <= 64 on 2 threads with
-  // AVX-512), by blocks of kMR rows instead, every panel each: the tiles, and so every sum,
-  // stay those of one thread. Only while all of W_hh fits in L2 (512 KiB), as each thread then
-  // reads all of it every step; not with peepholes, whose sums over entries (dpeep) need each
-  // unit on one thread. (I = H = 64, B = 64, T = 100: backward 8.0 -> 5.7 ms on 2 threads.)
-  const Index nrb = ceil_div(B, Index(kMR));
-  const bool by_rows = npr < threads && nrb > npr && G * R * Index(sizeof(S)) <= (512 << 10) &&
-                       !(dpeep && opt.peephole);
-  with_team(threads, by_rows ? nrb : std::max(npr, nph), flops,
+  // AVX-512), by blocks of entries (split_entries), but not with peepholes, whose sums over
+  // entries (dpeep) need each unit on one thread. (I = H = 64, B = 64, T = 100: backward
+  // 8.0 -> 5.7 ms on 2 threads.)
+  const bool by_rows =
+      split_entries(npr, threads, B, G * R * Index(sizeof(S))) && !(dpeep && opt.peephole);
+  with_team(threads, by_rows ? ceil_div(B, Index(kMR)) : std::max(npr, nph), flops,
             [&](int tid, int nt, Errors& err) {
     Buf<S> part;  // partial sums between k-blocks, per thread
     err.run([&] { part.resize(B * W); });
     Index p0 = 0, p1 = npr, r0 = 0, r1 = B, ph0, ph1;
-    if (by_rows) {  // this thread's rows: [r0, r1), for good
-      share(nrb, nt, tid, r0, r1);
-      r0 *= kMR, r1 = std::min(B, r1 * kMR);
-    } else {
+    if (by_rows)
+      share_entries(B, nt, tid, r0, r1);  // this thread's rows: [r0, r1), for good
+    else
       share(npr, nt, tid, p0, p1);  // this thread's units of h: [p0 4V, p1 4V), for good
-    }
     share(nph, nt, tid, ph0, ph1);  // and of r, with a projection
     err.run([&] { pack_backward(cache, ph0, ph1, whr.data()); });
     // Step s, from T - 1 down to -1 (which leaves dh_0 in dhs):
@@ -1653,6 +1656,29 @@ EIGEN_ALWAYS_INLINE void rows_dots(Index n, Index K, const S* const* w, A&& a, O
     dots<S, NR, ne>(K, w, av, 0, w, av, o);
     for (int r = 0; r < NR; ++r)
       for (int e = 0; e < ne; ++e) out(e0 + e, r, o[r][e]);
+  });
+}
+
+// h = r W_hr^T for units [j0, j0 + nv) of P (nv <= V) and entries e < n (r's row e at a(e),
+// [H]), as dot products of W_hr's rows [P, H]: emit(e, h) with h the units' vector.
+template <typename S, typename A, typename Emit>
+EIGEN_ALWAYS_INLINE void project_dots(Index n, Index H, Index P, const S* w_hr, Index j0,
+                                      Index nv, A&& a, Emit&& emit) {
+  entry_tiles<kDotSums / 4>(n, [&](Index e0, auto NE) __attribute__((always_inline)) {
+    constexpr int ne = decltype(NE)::value;
+    const S* ra[ne];
+    for (int e = 0; e < ne; ++e) ra[e] = a(e0 + e);
+    alignas(64) S hv[ne][kV<S>] = {};  // [entry, unit] of the block
+    for (Index u = 0; u < nv; u += 4) {
+      const S* w[4];
+      for (int r = 0; r < 4; ++r)  // rows past P repeat the last one, unused
+        w[r] = w_hr + std::min(j0 + u + r, P - 1) * H;
+      S o[4][ne];
+      dots<S, 4, ne>(H, w, ra, 0, w, ra, o);
+      for (int r = 0; r < 4 && u + r < nv; ++r)
+        for (int e = 0; e < ne; ++e) hv[e][u + r] = o[r][e];
+    }
+    for (int e = 0; e < ne; ++e) emit(e0 + e, ei::pload<Pk<S>>(hv[e]));
   });
 }
 
@@ -1826,18 +1852,11 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
         }
         for (Index j0 = 0; dots && j0 < d.P; j0 += V) {  // h = r W_hr^T, V units at a time
           const Index nv = std::min(V, d.P - j0);
-          for (Index u = j0; u < j0 + nv; u += 4) {
-            const S* wr[4];  // (rows past P: the last one again, unused)
-            for (int r = 0; r < 4; ++r) wr[r] = opt.w_hr + std::min(u + r, d.P - 1) * H;
-            rows_dots<S, 4>(
-                n, H, wr, [&](Index i) { return rs.data() + (e0 + i) * H; },
-                [&](Index i, int r, S v) {
-                  if (u + r < j0 + nv) part.data()[i * V + u - j0 + r] = v;
-                });
-          }
-          for (Index i = 0; i < n; ++i)
-            emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), j0, nv,
-                   load(part.data() + i * V, nv), y);
+          project_dots<S>(
+              n, H, d.P, opt.w_hr, j0, nv, [&](Index i) { return rs.data() + (e0 + i) * H; },
+              [&](Index i, P h) {
+                emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), j0, nv, h, y);
+              });
         }
         for (Index p = 0; !dots && p < npr; ++p)  // h = r W_hr^T
           project_panel<S>(
@@ -2229,22 +2248,9 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
           }
           for (Index blk = r0; !l.packed && blk < r1; ++blk) {
             const Index j0 = blk * V, nv = std::min(V, d.P - j0);
-            alignas(64) S hv[kDotSums / 4][kV<S>] = {};  // [entry, unit] of the block
-            entry_tiles<kDotSums / 4>(B, [&](Index e0, auto NE) __attribute__((always_inline)) {
-              constexpr int ne = decltype(NE)::value;
-              const S* ra[ne];
-              for (int e = 0; e < ne; ++e) ra[e] = rs.data() + (e0 + e) * H;
-              for (Index u = 0; u < nv; u += 4) {
-                const S* w[4];
-                for (int r = 0; r < 4; ++r)  // rows past P repeat the last one, unused
-                  w[r] = layers[k].w_hr + std::min(j0 + u + r, d.P - 1) * H;
-                S o[4][ne];
-                dots<S, 4, ne>(H, w, ra, 0, w, ra, o);
-                for (int r = 0; r < 4 && u + r < nv; ++r)
-                  for (int e = 0; e < ne; ++e) hv[e][u + r] = o[r][e];
-              }
-              for (int e = 0; e < ne; ++e) emit(e0 + e, j0, nv, ei::pload<P>(hv[e]));
-            });
+            project_dots<S>(
+                B, H, d.P, layers[k].w_hr, j0, nv, [&](Index b) { return rs.data() + b * H; },
+                [&](Index b, P hv) { emit(b, j0, nv, hv); });
           }
         });
       }
