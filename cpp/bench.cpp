@@ -190,7 +190,7 @@ Times time_config(const lstmx::KernelTable<S>& kt, const Config& c, int threads,
 
   auto forward = [&](lstmx::Cache<S>* cc) {
     kt.forward(Kernel::Fast, threads, d, opt, x.get(), w_ih.get(), w_hh.get(), bias.get(),
-               nullptr, nullptr, y.get(), h_n.get(), c_n.get(), cc);
+               nullptr, nullptr, y.get(), h_n.get(), c_n.get(), cc, nullptr);
   };
   Times r;
   r.infer = median_seconds([&] { forward(nullptr); }, repeats);
