@@ -511,6 +511,15 @@ EIGEN_ALWAYS_INLINE void with_rows(int r, F&& f) {
   f(std::integral_constant<int, R>{});
 }
 
+// Rows of the register tile that starts `left` rows before the end of a block: kMR, but with
+// kMR = 6, 8 or 9 left go as 4 + 4 or 5 + 4, since tiles of 2 or 3 rows run at 3/4 of the FMA
+// rate (tiles of 4 to 6 at all of it). Every tile of 2 or more rows sums in the same order, so
+// no result changes.
+inline int tile_rows(Index left) {
+  if (kMR == 6 && (left == 8 || left == 9)) return int(left) - 4;
+  return int(std::min<Index>(kMR, left));
+}
+
 // k-block of a panel that fits in L1 (32 KiB)
 template <typename S>
 constexpr Index kKC = std::max<Index>(32, 32768 / (4 * kV<S> * Index(sizeof(S))));
@@ -531,8 +540,9 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   for (Index k0 = 0; k0 == 0 || k0 < K; k0 += KC) {
     const Index kb = std::min(KC, K - k0);
     const bool first = k0 == 0;
-    for (Index b0 = 0; b0 < B; b0 += kMR)
-      with_rows(int(std::min<Index>(kMR, B - b0)), [&](auto RC) __attribute__((always_inline)) {
+    for (Index b0 = 0, rt; b0 < B; b0 += rt) {
+      rt = tile_rows(B - b0);
+      with_rows(int(rt), [&](auto RC) __attribute__((always_inline)) {
         constexpr int R = decltype(RC)::value;
         P acc[kMR][4];
         const S* ar[kMR];
@@ -552,6 +562,7 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
 #pragma GCC unroll 4
           for (int q = 0; q < 4; ++q) ei::pstore(part + (b0 + r) * W + q * V, acc[r][q]);
       });
+    }
   }
   // The epilogue runs apart from the microkernel, on the tile in L1, so that neither has to
   // share the registers.
@@ -628,8 +639,9 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
         };
         Index nv[4];  // valid lanes of each of the tile's 4 vectors
         for (int q = 0; q < 4; ++q) nv[q] = std::clamp<Index>((first ? N : N2) - n0 - q * V, 0, V);
-        for (Index m = m0; m < m1; m += kMR)
-          with_rows(int(std::min<Index>(kMR, m1 - m)), [&](auto RC) {
+        for (Index m = m0, rt; m < m1; m += rt) {
+          rt = tile_rows(m1 - m);
+          with_rows(int(rt), [&](auto RC) {
             constexpr int R = decltype(RC)::value;
             P acc[kMR][4];
             const S* ar[kMR];
@@ -647,6 +659,7 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
               for (int q = 0; q < 4; ++q)
                 if (nv[q]) store(crow_(m + r) + n0 + q * V, acc[r][q], nv[q]);
           });
+        }
       }
     }
   }
