@@ -60,6 +60,32 @@ const S* in_ptr(const py::object& o, const char* name, const std::vector<Index>&
   return in_ptr<S>(o, name, shape.data(), shape.size());
 }
 
+// y or dy: an array of exactly dtype S and shape [n0, n1, R] whose rows, in the order of
+// Dims::row, start ys >= R elements apart: C-contiguous (ys = R), or one pass's columns of a
+// wider C-contiguous array (its half of a bidirectional layer's y). Returns ys.
+template <typename S>
+Index row_stride(const py::object& o, const char* name, Index n0, Index n1, Index R,
+                 bool writeable) {
+  const std::string n(name);
+  if (!py::isinstance<py::array_t<S>>(o))
+    throw py::type_error(n + ": expected a numpy array of " +
+                         (sizeof(S) == 4 ? "float32" : "float64"));
+  auto a = py::reinterpret_borrow<py::array>(o);
+  if (a.ndim() != 3 || a.shape(0) != n0 || a.shape(1) != n1 || a.shape(2) != R)
+    throw py::value_error(n + ": expected shape " + shape_str({n0, n1, R}) + ", got " +
+                          shape_str(std::vector<Index>(a.shape(), a.shape() + a.ndim())));
+  if (writeable && !a.writeable()) throw py::value_error(n + ": expected a writeable array");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(n + ": expected an aligned array");
+  if (n0 * n1 * R == 0) return R;
+  const Index e = Index(sizeof(S)), s0 = a.strides(0), s1 = a.strides(1), s2 = a.strides(2);
+  const Index ys = n1 > 1 ? s1 / e : n0 > 1 ? s0 / e : R;
+  if ((R > 1 && s2 != e) || ys < R || (n1 > 1 && s1 != ys * e) || (n0 > 1 && s0 != n1 * ys * e))
+    throw py::value_error(n + ": expected rows of " + std::to_string(R) +
+                          " contiguous elements, equally spaced in the order of y's rows");
+  return ys;
+}
+
 [[noreturn]] void memory_error(const std::string& msg) {
   PyErr_SetString(PyExc_MemoryError, msg.c_str());
   throw py::error_already_set();
@@ -251,7 +277,8 @@ lstmx::Options<S> options(const Variant& v, const Dims& d, std::vector<S>& ln) {
 template <typename S>
 py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_hh,
                   const py::object& bias, const py::object& h0, const py::object& c0,
-                  bool batch_first, bool training, bool naive, const Variant& v) {
+                  bool batch_first, bool training, bool naive, const Variant& v,
+                  const py::object& y_out) {
   if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array");
   if (w_hh.ndim() != 2 || w_hh.shape(0) % 4)
     throw py::value_error("w_hh: expected a 2-D array [4H, R]");
@@ -275,9 +302,29 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
   std::vector<S> ln;
   const lstmx::Options<S> opt = options<S>(v, d, ln);
-  auto y = out<S>({x.shape(0), x.shape(1), R});
+  py::array y;  // into y_out when given: rows d.ldy apart
+  if (y_out.is_none()) {
+    y = out<S>({x.shape(0), x.shape(1), R});
+  } else {
+    const Index ys = row_stride<S>(y_out, "y_out", x.shape(0), x.shape(1), R, true);
+    d.ldy = ys == R ? 0 : ys;
+    y = py::reinterpret_borrow<py::array>(y_out);
+    // No input may share memory with it: the kernels read them while they write y.
+    const auto* y0 = static_cast<const char*>(y.data());
+    const auto* y1 = y0 + (d.T * d.B ? ((d.T * d.B - 1) * ys + R) * Index(sizeof(S)) : 0);
+    const auto in = [](const void* p, Index bytes) {  // an input's bytes [a, a + bytes)
+      return std::pair{static_cast<const char*>(p), bytes};
+    };
+    const Index e = sizeof(S);
+    for (const auto& [a, n] :
+         {in(px, d.T * d.B * d.I * e), in(pwih, 4 * d.H * d.I * e), in(pwhh, 4 * d.H * R * e),
+          in(pb, 4 * d.H * e), in(ph0, d.B * R * e), in(pc0, d.B * d.H * e),
+          in(opt.peephole, 3 * d.H * e), in(opt.w_hr, d.P * d.H * e),
+          in(opt.lengths, d.B * Index(sizeof(std::int64_t)))})
+      if (a && y0 < a + n && a < y1) throw py::value_error("y_out: shares memory with an input");
+  }
   auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
-  S *py_ = y.mutable_data(), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
+  S *py_ = static_cast<S*>(y.mutable_data()), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
   const auto& kt = table<S>(lstmx::backend());
   const lstmx::Packed<S>* pk = packed_ptr<S>(v.packed, d, kt);
   std::shared_ptr<Cache<S>> cache;
@@ -297,7 +344,15 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   const Index R = d.R();
   const std::vector<Index> yshape =
       d.batch_first ? std::vector<Index>{d.B, d.T, R} : std::vector<Index>{d.T, d.B, R};
-  const S* pdy = in_ptr<S>(dy, "dy", yshape);
+  const S* pdy = nullptr;  // rows as the forward's y
+  if (!d.ldy) {
+    pdy = in_ptr<S>(dy, "dy", yshape);
+  } else if (!dy.is_none()) {
+    if (row_stride<S>(dy, "dy", yshape[0], yshape[1], R, false) != d.ldy)
+      throw py::value_error("dy: expected rows " + std::to_string(d.ldy) +
+                            " elements apart, as the forward's y_out had");
+    pdy = static_cast<const S*>(py::reinterpret_borrow<py::array>(dy).data());
+  }
   const S* pdhn = in_ptr<S>(dh_n, "dh_n", {d.B, R});
   const S* pdcn = in_ptr<S>(dc_n, "dc_n", {d.B, d.H});
   auto dx = out<S>({yshape[0], yshape[1], d.I});
@@ -521,6 +576,7 @@ void bind_dtype(py::module_& m, const char* cache_name, const char* packed_name)
       .def_property_readonly("P", [](const Cache<S>& c) { return c.d.P; })
       .def_property_readonly("R", [](const Cache<S>& c) { return c.d.R(); })
       .def_property_readonly("batch_first", [](const Cache<S>& c) { return c.d.batch_first; })
+      .def_property_readonly("y_stride", [](const Cache<S>& c) { return c.d.y_stride(); })
       .def_property_readonly("nbytes", &Cache<S>::nbytes);
   m.def("backward", &backward<S>, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("naive") = false);
@@ -539,14 +595,15 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
                       bool reverse, const py::object& w_hr, const py::object& peephole,
                       double clip, bool input_forget, double zoneout_h, double zoneout_c,
                       double recurrent_dropout, std::uint64_t seed, std::uint64_t stream,
-                      const py::object& layer_norm, const py::object& packed, bool dots) {
+                      const py::object& layer_norm, const py::object& packed, bool dots,
+                      const py::object& y_out) {
   const Variant v{lengths,   peephole,  w_hr,      layer_norm,        reverse, input_forget,
                   clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream, packed,
                   dots};
   if (py::isinstance<py::array_t<float>>(x))
-    return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
+    return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v, y_out);
   if (py::isinstance<py::array_t<double>>(x))
-    return forward<double>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v);
+    return forward<double>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v, y_out);
   throw py::type_error("x: expected a numpy array of float32 or float64");
 }
 
@@ -572,7 +629,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
         py::arg("layer_norm") = py::none(), py::arg("packed") = py::none(),
-        py::arg("dots") = false);
+        py::arg("dots") = false, py::arg("y_out") = py::none());
   bind_step<float>(m, "StepPlan_f32");
   bind_step<double>(m, "StepPlan_f64");
   m.def("step_plan", [](const py::sequence& layers, double clip, bool input_forget,

@@ -799,7 +799,7 @@ EIGEN_ALWAYS_INLINE void emit_h(const Dims& d, const Seq& q, const Options<S>& o
     const Pk<S> z = zoneout<S>(opt, kZoneoutH, cache != nullptr, opt.zoneout_h, s, d.B, b, R, j0, nv);
     h = ei::padd(ei::pmul(z, load(hp + j0, nv)), ei::pmul(ei::psub(ei::pset1<Pk<S>>(1), z), h));
   }
-  store(y + q.row[pos] * R + j0, h, nv);
+  store(y + q.row[pos] * d.y_stride() + j0, h, nv);
   if (cache && s + 1 < d.T && k < q.n[s + 1])
     store(cache->hprev.data() + (q.off[s + 1] + k) * R + j0,
           md.size() ? ei::pmul(h, load(md.data() + b * R + j0, nv)) : h, nv);
@@ -822,7 +822,7 @@ EIGEN_ALWAYS_INLINE Pk<S> dh_new(const Cache<S>& cache, const Mat<S>& md, const 
     return dh;
   }
   const Index pos = q.off[s] + k;
-  if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * R + j, n));
+  if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * cache.d.y_stride() + j, n));
   if (opt.zoneout_h > 0) {  // h_t = z h_{t-1} + (1 - z) h_new
     const Pk<S> z = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, cache.d.B, b, R, j, n);
     store(dhs.data() + k * R + j, ei::pmul(z, dh), n);
@@ -1105,7 +1105,8 @@ bool begin_forward(const Dims& d, const Seq& q, const Options<S>& opt, const S* 
   if (c0) cn = CMap<S>(c0, B, H); else cn.setZero();
   if (h0) hn = CMap<S>(h0, B, R); else hn.setZero();
   for (Index k = 0; k < B; ++k)  // y past each sequence's end
-    for (Index t = q.len[k]; t < d.T; ++t) std::fill_n(y + d.row(t, q.perm[k]) * R, R, S(0));
+    for (Index t = q.len[k]; t < d.T; ++t)
+      std::fill_n(y + d.row(t, q.perm[k]) * d.y_stride(), R, S(0));
   if (q.N == 0 || H == 0) return false;
   if (cache) {
     if (d.P) cache->w_hr = CMap<S>(opt.w_hr, d.P, H);
@@ -1130,7 +1131,7 @@ void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const 
   for (Index k = 0; k < d.B; ++k) {
     if (q.len[k] == 0) continue;
     const Index p = q.off[q.len[k] - 1] + k, b = q.perm[k];
-    std::copy_n(y + q.row[p] * R, R, h_n + b * R);
+    std::copy_n(y + q.row[p] * d.y_stride(), R, h_n + b * R);
     if (cache) std::copy_n(cache->c.data() + p * H, H, c_n + b * H);
   }
 }
@@ -1257,7 +1258,7 @@ struct Chunks {
 template <typename S>
 void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const S* w_hh,
                    const S* bias, S* y, const S* h_n, S* c_n, Cache<S>* cache) {
-  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N;
+  const Index T = d.T, B = d.B, H = d.H, G = 4 * H, N = q.N, ys = d.y_stride();
   FlushDenormals ftz;
   if (cache) cache_x(*cache, 0, N, x), cache_weights(*cache, 0, H, w_ih, w_hh);
   Mat<S> xs, scratch;  // inference: x and the gates, packed
@@ -1273,7 +1274,7 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
   for (Index s = 0; s < T; ++s) {
     const Index Bs = q.n[s], p0 = q.off[s];
     for (Index k = 0; k < Bs; ++k)
-      hp.row(k) = CMap<S>(s ? y + q.row[q.off[s - 1] + k] * H : h_n + q.perm[k] * H, 1, H);
+      hp.row(k) = CMap<S>(s ? y + q.row[q.off[s - 1] + k] * ys : h_n + q.perm[k] * H, 1, H);
     Map<S>(gates + p0 * G, Bs, G).noalias() += hp.topRows(Bs) * CMap<S>(w_hh, G, H).transpose();
     for (Index k = 0; k < Bs; ++k) {
       S* gb = gates + (p0 + k) * G;  // gates i, f, g, o at +0, +H, +2H, +3H
@@ -1285,10 +1286,10 @@ void forward_naive(const Dims& d, const Seq& q, const S* x, const S* w_ih, const
         gb[j] = i, gb[H + j] = f, gb[2 * H + j] = gg, gb[3 * H + j] = o;
         cs(k, j) = c;
         if (cache) cache->c(p0 + k, j) = c;
-        y[q.row[p0 + k] * H + j] = o * std::tanh(c);
+        y[q.row[p0 + k] * ys + j] = o * std::tanh(c);
       }
       if (cache && s + 1 < T && k < q.n[s + 1])  // h_t is step t+1's h_{t-1}
-        cache->hprev.row(q.off[s + 1] + k) = CMap<S>(y + q.row[p0 + k] * H, 1, H);
+        cache->hprev.row(q.off[s + 1] + k) = CMap<S>(y + q.row[p0 + k] * ys, 1, H);
     }
   }
   for (Index k = 0; k < B; ++k) Map<S>(c_n + q.perm[k] * H, 1, H) = cs.row(k);
@@ -1315,7 +1316,7 @@ void backward_naive(const Cache<S>& cache, const S* dy, Mat<S>& dhs, Mat<S>& dcs
       for (Index j = 0; j < H; ++j) {
         const S i = gb[j], f = gb[H + j], gg = gb[2 * H + j], o = gb[3 * H + j];
         const S tc = std::tanh(cache.c(p, j));
-        const S dht = dhs(k, j) + (dy ? dy[q.row[p] * H + j] : S(0));
+        const S dht = dhs(k, j) + (dy ? dy[q.row[p] * d.y_stride() + j] : S(0));
         const S dct = dcs(k, j) + dht * o * (S(1) - tc * tc);
         db[j] = dct * gg * i * (S(1) - i);
         db[H + j] = dct * cp[j] * f * (S(1) - f);
@@ -1406,7 +1407,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
       const Index Bs = q.n[s];
       // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
       auto hprev = [&](Index k) __attribute__((always_inline)) {
-        return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
+        return s ? y + q.row[q.off[s - 1] + k] * d.y_stride() : h_n + q.perm[k] * R;
       };
       auto emit = [&](Index k, Index j0, Index nv, P h) __attribute__((always_inline)) {
         emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, h, y);
@@ -1791,7 +1792,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
         return training ? cache->nh.data() + (q.off[s] + k) * G : sh.data() + k * G;
       };
       auto hprev = [&](Index k) {  // h_{t-1} of entry k [R]: a row of y, or of h_n (= h_0)
-        return s ? y + q.row[q.off[s - 1] + k] * R : h_n + q.perm[k] * R;
+        return s ? y + q.row[q.off[s - 1] + k] * d.y_stride() : h_n + q.perm[k] * R;
       };
       // (shared, but for a chunk's first step, whose barriers serve: h_{t-1} complete, and the
       // owners done with sh)

@@ -17,6 +17,7 @@
 //
 // Sequence layout. x [T, B, I] and y, dy, dx are time-major, or batch-major ([B, T, I]) when
 // batch_first is set: the row of (time t, batch entry b) is  batch_first ? b * T + t : t * B + b.
+// Rows of y and dy start Dims::y_stride() elements apart (R unless Dims::ldy says more).
 //
 // Variants (Options, all off by default), in the order the cell applies them:
 //   lengths       sequence b runs steps s = 0 .. len_b - 1 (0 <= len_b <= T, any order); its
@@ -214,6 +215,11 @@ struct Dims {
   Index P = 0;
   Index R() const { return P ? P : H; }  // units of h
   Index row(Index t, Index b) const { return batch_first ? b * T + t : t * B + b; }
+  // Row r of y (forward) and of dy (backward) starts at r * y_stride(): ldy = 0 packs the rows
+  // (R apart); a wider stride lets each pass of a bidirectional layer write y into, and read
+  // dy from, its half of the layer's [T, B, 2R] arrays, with no copy.
+  Index ldy = 0;
+  Index y_stride() const { return ldy ? ldy : R(); }
 };
 
 template <typename S>

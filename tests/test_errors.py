@@ -148,6 +148,44 @@ def test_core_rejects_misuse_without_crashing() -> None:
                       False)
 
 
+def test_core_y_out_misuse() -> None:
+    """_core.forward's y_out (the layer's halves of a bidirectional y) and the strided dy its
+    cache then reads: bad ones get a clear error, never a write out of bounds."""
+    c = case()  # T, B, H = 4, 3, 6
+    args = (c["x"], c["w_ih"], c["w_hh"], None, c["h0"], c["c0"], False)
+
+    def fwd(out: Any, training: bool = False) -> Any:
+        return _core.forward(*args, training, y_out=out)
+
+    with pytest.raises(TypeError, match="y_out: expected a numpy array of float32"):
+        fwd(np.zeros((4, 3, 6)))
+    with pytest.raises(ValueError, match=r"y_out: expected shape \(4, 3, 6\), got \(4, 3, 5\)"):
+        fwd(np.zeros((4, 3, 5), np.float32))
+    ro = np.zeros((4, 3, 6), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="y_out: expected a writeable array"):
+        fwd(ro)
+    for bad in (np.zeros((4, 3, 12), np.float32)[..., ::2],  # elements not contiguous
+                np.zeros((3, 4, 6), np.float32).transpose(1, 0, 2),  # rows out of order
+                np.zeros((4, 3, 6, 2), np.float32)[..., 0]):
+        with pytest.raises(ValueError, match="y_out: expected rows of 6 contiguous elements"):
+            fwd(bad)
+    base = np.zeros(4 * 3 * 12, np.float32)  # x in the first 60 elements, y_out over them
+    x = base[:60].reshape(4, 3, 5)
+    x[:] = c["x"]
+    for out in (base.reshape(4, 3, 12)[..., 6:], base.reshape(4, 3, 12)[..., :6]):
+        with pytest.raises(ValueError, match="y_out: shares memory with an input"):
+            _core.forward(x, c["w_ih"], c["w_hh"], None, None, None, False, False, y_out=out)
+    wide = np.zeros((4, 3, 12), np.float32)
+    y, *_, cache = fwd(wide[..., 6:], training=True)
+    assert np.shares_memory(y, wide)
+    assert cache.y_stride == 12
+    with pytest.raises(ValueError, match="dy: expected rows 12 elements apart"):
+        _core.backward(cache, np.zeros((4, 3, 6), np.float32), None, None, False)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(4, 3, 6\)"):
+        _core.backward(cache, np.zeros((4, 3, 12), np.float32), None, None, False)
+
+
 @settings(max_examples=100, deadline=None)
 @given(T=st.integers(0, 4), B=st.integers(0, 3), I=st.integers(0, 4), H=st.integers(1, 5),
        dI=st.integers(-1, 1), dH=st.integers(-1, 1), dB=st.integers(-1, 1),

@@ -142,6 +142,54 @@ def test_naive_kernel_agrees_with_fast(dtype: Any, batch_first: bool, lengths: A
         np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * 10)
 
 
+@pytest.mark.parametrize("variant", ["naive", "plain", "lengths, reverse", "projection",
+                                     "layer norm", "peephole, zoneout"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_y_out_half_of_a_wider_array(variant: str, batch_first: bool, isa: str) -> None:
+    """A pass that writes y into its half of a bidirectional layer's [T, B, 2R] array (y_out)
+    and reads dy from the half of one computes bitwise what it computes on arrays of its own."""
+    T, B, I, H, P = 5, 7, 6, 19, 0
+    c = make_case(T, B, I, H, np.float32, seed=4, batch_first=batch_first)
+    rng = np.random.default_rng(1)
+    kw: dict[str, Any] = {}
+    if variant == "lengths, reverse":
+        kw = dict(lengths=np.array([5, 0, 3, 5, 1, 2, 4]), reverse=True)
+    elif variant == "projection":
+        P = 7
+        c["w_hh"], c["h0"] = c["w_hh"][:, :P].copy(), c["h0"][:, :P].copy()
+        kw = dict(w_hr=rng.standard_normal((P, H)).astype(np.float32) * 0.3)
+    elif variant == "layer norm":
+        kw = dict(layer_norm=tuple(1 + 0.1 * rng.standard_normal(n).astype(np.float32)
+                                   for n in (4 * H, 4 * H, H, H)))
+    elif variant == "peephole, zoneout":
+        kw = dict(peephole=0.3 * rng.standard_normal((3, H)).astype(np.float32), zoneout_h=0.2,
+                  zoneout_c=0.1, seed=5)
+    R = P or H
+    naive = variant == "naive"
+    shape = (B, T, 2 * R) if batch_first else (T, B, 2 * R)
+    for training in (False, True):
+        own = F._forward(**c, batch_first=batch_first, training=training, naive=naive, **kw)
+        both = np.full(shape, np.nan, np.float32)
+        half = F._forward(**c, batch_first=batch_first, training=training, naive=naive,
+                          y_out=both[..., R:], **kw)
+        assert np.shares_memory(half[0], both)
+        assert np.isnan(both[..., :R]).all()  # the other half untouched
+        for a, b in zip(own[:3], half[:3]):
+            np.testing.assert_array_equal(a, b)
+        if training:
+            dy = rng.standard_normal(shape).astype(np.float32)
+            ga = F._backward(own[3], dy[..., R:].copy(), None, None, naive=naive)
+            gb = F._backward(half[3], dy[..., R:], None, None, naive=naive)
+            gc = F._backward(half[3], dy[..., R:].copy(), None, None, naive=naive)  # copied in
+            for a, b, d in zip(ga, gb, gc):
+                if a is None:
+                    assert b is None and d is None
+                    continue
+                for u, v, w in zip(*(x if isinstance(x, tuple) else (x,) for x in (a, b, d))):
+                    np.testing.assert_array_equal(u, v)
+                    np.testing.assert_array_equal(u, w)
+
+
 def test_naive_kernel_refuses_cell_variants() -> None:
     c = make_case(3, 2, 2, 3)
     with pytest.raises(ValueError, match="naive kernel"):

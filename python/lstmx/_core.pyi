@@ -32,6 +32,8 @@ class _Cache(_Sized):  # stub-only: the properties that Cache_f32 and Cache_f64 
     def R(self) -> int: ...
     @property
     def batch_first(self) -> bool: ...
+    @property
+    def y_stride(self) -> int: ...
 
 class Cache_f32(_Cache):
     """The workspace of a float32 training forward pass."""
@@ -60,9 +62,10 @@ def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Arr
             input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
             recurrent_dropout: float = 0.0, seed: int = 0, stream: int = 0,
             layer_norm: tuple[_Array, ...] | None = None, packed: _Packed | None = None,
-            dots: bool = False,
+            dots: bool = False, y_out: _Array | None = None,
             ) -> tuple[_Floats, _Floats, _Floats, Cache_f32 | Cache_f64 | None]:
-    """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``."""
+    """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``. With ``y_out``
+    (rows equally spaced, e.g. a half of a wider array), y goes into it and is returned."""
 
 # (dx, dh0, dc0, dw_ih, dw_hh, db, dpeephole, dw_hr, dlayer_norm)
 _Grads = tuple[_Floats, _Floats, _Floats, _Floats, _Floats, _Floats, _Floats | None,

@@ -305,12 +305,22 @@ def _check_tape(tape: Any, cell: bool) -> Tape:
 
 
 def _grad_array(name: str, a: ArrayLike | None, expected: tuple[int, ...], desc: str,
-                dtype: np.dtype[Any]) -> AnyArray | None:
+                dtype: np.dtype[Any], row_stride: int = 0) -> AnyArray | None:
+    """``a`` checked, as the kernels read it: C-contiguous, or ``[n0, n1, R]`` with its rows
+    ``row_stride`` elements apart (a pass's ``dy`` in a bidirectional layer), copying only if
+    it is not so already."""
     if a is None:
         return None
     arr = _float_array(name, a, dtype)
     _expect_shape(name, arr, expected, desc)
-    return _c_array(arr)
+    if not row_stride or row_stride == expected[-1]:
+        return _c_array(arr)
+    n1, e = expected[1], arr.itemsize
+    if arr.flags.aligned and arr.strides == (n1 * row_stride * e, row_stride * e, e):
+        return arr
+    buf = np.empty(expected[:-1] + (row_stride,), dtype)
+    buf[..., :expected[-1]] = arr
+    return buf[..., :expected[-1]]
 
 
 def _grads(out: tuple[Any, ...], has_bias: bool) -> LSTMGrads:
@@ -422,13 +432,16 @@ def _variant(a: _Args, training: bool, lengths: ArrayLike | None = None, reverse
 def _forward(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | None,
              b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
              batch_first: bool, training: bool, naive: bool = False,
-             w_hr: ArrayLike | None = None, **variant: Any) -> tuple[Any, ...]:
+             w_hr: ArrayLike | None = None, y_out: AnyArray | None = None,
+             **variant: Any) -> tuple[Any, ...]:
+    """:func:`lstm` (:func:`lstm_train` with ``training``); ``y_out``: write ``y`` into it, a
+    view whose rows lie equally spaced (a pass's half of a bidirectional layer's ``y``)."""
     a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training, w_hr=w_hr)
     kw = _variant(a, training, **variant)
     if a.w_hr is not None:
         kw["w_hr"] = a.w_hr
     y, hn, cn, cache = _core.forward(a.x, a.w_ih, a.w_hh, a.bias, a.h0, a.c0,
-                                     bool(batch_first), training, naive, **kw)
+                                     bool(batch_first), training, naive, y_out=y_out, **kw)
     tape = Tape(cache, a.has_bias, False, a.x.dtype) if training else None
     return y, hn, cn, tape
 
@@ -494,7 +507,7 @@ def _backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None,
     yshape = (c.B, c.T, c.R) if c.batch_first else (c.T, c.B, c.R)
     u = "P" if c.P else "H"  # units of h
     ydesc = f"[B, T, {u}]" if c.batch_first else f"[T, B, {u}]"
-    dya = _grad_array("dy", dy, yshape, ydesc, dt)
+    dya = _grad_array("dy", dy, yshape, ydesc, dt, c.y_stride)
     dha = _grad_array("dh_n", dh_n, (c.B, c.R), f"[B, {u}]", dt)
     dca = _grad_array("dc_n", dc_n, (c.B, c.H), "[B, H]", dt)
     _check_memory("tape", c.T * c.B * (4 * c.H + c.I) * dt.itemsize, "backward")

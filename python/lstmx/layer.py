@@ -22,8 +22,7 @@ import numpy as np
 from . import _core
 from .functional import (AnyArray, Array, ArrayLike, LSTMGrads, Tape, _c_array, _check_args,
                          _check_clip, _check_lengths, _check_memory, _flag, _float_array,
-                         _probability, _to_numpy, _uint64, _variant, lstm, lstm_backward,
-                         lstm_train)
+                         _forward, _probability, _to_numpy, _uint64, _variant, lstm_backward)
 
 __all__ = ["LSTM", "FrozenLSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
 
@@ -369,36 +368,37 @@ class LSTM:
         masks: list[Array | None] = []
         inp = xa
         for k in range(L):
-            outs = []
+            # Both directions write into their halves of one y: no concatenation after.
+            both = None if D == 1 else np.empty((B, T, D * R) if self.batch_first
+                                                else (T, B, D * R), self.dtype)
             for d in range(D):
                 j = k * D + d
+                out = None if both is None else both[..., d * R:(d + 1) * R]
                 if frozen is not None:  # every argument but x, h0, c0 checked already
                     fp, h0j, c0j = frozen[j], *(None if s is None else _c_array(s[j])
                                                 for s in (h0, c0))
                     fkw = fp.kw if lens is None else {**fp.kw, "lengths": lens}
                     if self.reverse or d == 1:
                         fkw = {**fkw, "reverse": True}
-                    y, hn[j], cn[j], _ = _core.forward(
-                        _c_array(inp), *fp.weights, h0j, c0j, self.batch_first, False, **fkw)
-                    outs.append(y)
+                    yd, hn[j], cn[j], _ = _core.forward(
+                        _c_array(inp), *fp.weights, h0j, c0j, self.batch_first, False, **fkw,
+                        y_out=out)
                     continue
                 p = self._pass_params(k, d)
-                args = (inp, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-                        None if h0 is None else h0[j], None if c0 is None else c0[j])
                 kw: dict[str, Any] = dict(
-                    batch_first=self.batch_first, lengths=lens, reverse=self.reverse or d == 1,
-                    w_hr=p["weight_hr"], peephole=p["peephole"], layer_norm=p["layer_norm"],
-                    clip=self.clip, input_forget=self.input_forget, zoneout_h=self.zoneout_h,
-                    zoneout_c=self.zoneout_c)
+                    lengths=lens, reverse=self.reverse or d == 1, peephole=p["peephole"],
+                    layer_norm=p["layer_norm"], clip=self.clip, input_forget=self.input_forget,
+                    zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
                 if training:
-                    y, hn[j], cn[j], tape = lstm_train(
-                        *args, **kw, recurrent_dropout=self.recurrent_dropout, seed=mask_seed,
-                        stream=8 * (2 * k + d))
+                    kw.update(recurrent_dropout=self.recurrent_dropout, seed=mask_seed,
+                              stream=8 * (2 * k + d))
+                yd, hn[j], cn[j], tape = _forward(
+                    inp, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                    None if h0 is None else h0[j], None if c0 is None else c0[j],
+                    self.batch_first, training, w_hr=p["weight_hr"], y_out=out, **kw)
+                if training:
                     tapes.append(tape)
-                else:
-                    y, hn[j], cn[j] = lstm(*args, **kw)
-                outs.append(y)
-            inp = outs[0] if D == 1 else np.concatenate(outs, axis=-1)
+            inp = yd if both is None else both
             if training and k < L - 1:
                 mask = self._dropout_mask(mask_seed, k, T, B) if self.dropout else None
                 masks.append(mask)
