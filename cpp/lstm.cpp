@@ -1371,8 +1371,8 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     // the chunk) too, evenly, with a barrier after the packing and after each chunk's projection.
     const bool by_rows = np % nt != 0;
     if (by_rows) barrier();  // every panel packed
-    Index r0 = 0, r1 = B, sp0 = p0, sp1 = p1;  // a step's rows and panels
-    if (step_rows) share_entries(B, nt, tid, r0, r1), sp0 = 0, sp1 = np;
+    Index e0 = 0, e1 = B, sp0 = p0, sp1 = p1;  // a step's entries and panels
+    if (step_rows) share_entries(B, nt, tid, e0, e1), sp0 = 0, sp1 = np;
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
       auto grow = [&](Index p) __attribute__((always_inline)) {  // gates row of position p
@@ -1413,19 +1413,19 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
         emit_h(d, q, opt, md, cache, s, k, hprev(k), j0, nv, h, y);
       };
       err.run([&] {
-        const Index nr = std::max<Index>(0, std::min(r1, Bs) - r0);  // rows [r0, r0 + nr)
+        const Index nr = std::max<Index>(0, std::min(e1, Bs) - e0);  // entries [e0, e0 + nr)
         for (Index p = sp0; p < sp1; ++p) {
           const Index j0 = p * V, nv = std::min(V, H - j0);  // units [j0, j0 + nv)
           panel_rows<S>(
               nr, s || h0 ? R : 0, pw.wh + p * R * W,  // h_{-1} = 0 adds nothing
               [&](Index i) __attribute__((always_inline)) {
-                return training ? cache->hprev.data() + (q.off[s] + r0 + i) * R : hprev(r0 + i);
+                return training ? cache->hprev.data() + (q.off[s] + e0 + i) * R : hprev(e0 + i);
               },
               [&](Index i, int g) __attribute__((always_inline)) {  // the input projection
-                return load(gates + grow(q.off[s] + r0 + i) * G + g * H + j0, nv);
+                return load(gates + grow(q.off[s] + e0 + i) * G + g * H + j0, nv);
               },
               [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {  // the cell
-                const Index k = r0 + i, pos = q.off[s] + k, b = q.perm[k];
+                const Index k = e0 + i, pos = q.off[s] + k, b = q.perm[k];
                 const S* cp = training ? (s ? cache->c.data() + (q.off[s - 1] + k) * H
                                             : cache->c0.data() + k * H)
                                        : c_n + b * H;
