@@ -462,7 +462,7 @@ inline bool stream_packing(std::size_t bytes) {
 }
 
 // The microkernel: acc[m][q] += sum_k a[m][k * sak] * panel[k][q*V .. q*V + V), m < R, q < 4.
-// Every output sums its k in a fixed order for a given R, whatever the caller's blocking.
+// Every output sums its k in a fixed order for a given R (and, for R = 1, blocks of k).
 // It prefetches the panel 4 KiB ahead, for panels read from L3 at every step (docs/design.md,
 // "Prefetching the panels").
 template <typename S, int R>
@@ -520,49 +520,40 @@ inline int tile_rows(Index left) {
   return int(std::min<Index>(kMR, left));
 }
 
-// k-block of a panel that fits in L1 (32 KiB)
-template <typename S>
-constexpr Index kKC = std::max<Index>(32, 32768 / (4 * kV<S> * Index(sizeof(S))));
+// k-block of gemm_part: a block of A [kMC x kKC] and of a panel [kKC x 4V] stay in L2. Each
+// block carries the C tile out to memory and back; with AVX-512 on the Zen 4 VM (benchmarks/
+// ab.py, training, 2 threads) 256 was 1.5-2% faster than the L1-sized 128, 1024 another 1-2%.
+constexpr Index kKC = 1024;
 
 // One time step's work on one panel: for each of the B rows b, the tile row (4 vectors q) is
 // init(b, q) + A_row(b)[0, K) panel, then done(b, q0, q1, q2, q3). A_row(b) points at row b
-// of A (unit stride in k). When B needs several row blocks, K is cut into L1-sized blocks so
-// each block of the panel comes from L2 or L3 once and serves every row block; part [B, 4V]
-// carries the partial sums in between. The blocking
-// is chosen as if there were `rows` rows (default B): callers that split rows among threads
-// pass the total, so each output's sum does not depend on the split.
+// of A (unit stride in k). K is not cut into blocks: each row tile reads the panel from L2,
+// which keeps up with the microkernel, where L1-sized blocks of k (128 deep) carried every
+// tile's sums out and back (inference at B >= 16 was 2-4% slower, training 1-2%).
+// part [B, 4V] holds the tile for the epilogue.
 template <typename S, typename ARow, typename Init, typename Done>
 EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row, Init&& init,
-                                    Done&& done, S* part, Index rows = -1) {
+                                    Done&& done, S* part) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
-  const Index KC = (rows < 0 ? B : rows) > kMR ? kKC<S> : std::max<Index>(K, 1);
-  for (Index k0 = 0; k0 == 0 || k0 < K; k0 += KC) {
-    const Index kb = std::min(KC, K - k0);
-    const bool first = k0 == 0;
-    for (Index b0 = 0, rt; b0 < B; b0 += rt) {
-      rt = tile_rows(B - b0);
-      with_rows(int(rt), [&](auto RC) __attribute__((always_inline)) {
-        constexpr int R = decltype(RC)::value;
-        P acc[kMR][4];
-        const S* ar[kMR];
+  for (Index b0 = 0, rt; b0 < B; b0 += rt) {
+    rt = tile_rows(B - b0);
+    with_rows(int(rt), [&](auto RC) __attribute__((always_inline)) {
+      constexpr int R = decltype(RC)::value;
+      P acc[kMR][4];
+      const S* ar[kMR];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          if (first)
+      for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-            for (int q = 0; q < 4; ++q) acc[r][q] = init(b0 + r, q);
-          else
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; ++q) acc[r][q] = ei::pload<P>(part + (b0 + r) * W + q * V);
-          if (kb > 0) ar[r] = a_row(b0 + r) + k0;
-        }
-        if (kb > 0) microkernel<S, R>(kb, ar, 1, bp + k0 * W, acc);
+        for (int q = 0; q < 4; ++q) acc[r][q] = init(b0 + r, q);
+        if (K > 0) ar[r] = a_row(b0 + r);
+      }
+      if (K > 0) microkernel<S, R>(K, ar, 1, bp, acc);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
+      for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-          for (int q = 0; q < 4; ++q) ei::pstore(part + (b0 + r) * W + q * V, acc[r][q]);
-      });
-    }
+        for (int q = 0; q < 4; ++q) ei::pstore(part + (b0 + r) * W + q * V, acc[r][q]);
+    });
   }
   // The epilogue runs apart from the microkernel, on the tile in L1, so that neither has to
   // share the registers.
@@ -575,10 +566,10 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
 
 // The projection h = r W_hr^T of one panel (Plain, K = H): units [u0, u0 + 4V) of the R = P,
 // for rows [0, B) with r's row b at a_row(b); emit(b, j0, nv, h) for each vector of units
-// [j0, j0 + nv) that exists. (rows: as panel_rows'.)
+// [j0, j0 + nv) that exists.
 template <typename S, typename ARow, typename Emit>
 EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, const S* bp,
-                                       ARow&& a_row, Emit&& emit, S* part, Index rows = -1) {
+                                       ARow&& a_row, Emit&& emit, S* part) {
   using P = Pk<S>;
   constexpr Index V = kV<S>;
   panel_rows<S>(
@@ -590,7 +581,7 @@ EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, cons
           if (nv) emit(b, u0 + g * V, nv, a[g]);
         }
       },
-      part, rows);
+      part);
 }
 
 // C[M, N] = A[M, K] B[K, N], B packed Plain (pack above), C(m, n) = c[m * ldc + n] (or
@@ -599,7 +590,7 @@ EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, cons
 // (per-thread scratch), because walking down its columns would thrash the L1. Panels are cut
 // into one group per thread (fewer if there are fewer panels; one with a copied A) and rows
 // into chunks of kMC; an item is (group, chunk). Within an item, K
-// goes in L1-sized blocks, and each block of A (kMC x KC, in L2) serves every panel of the
+// goes in blocks of kKC, and each block of A (kMC x kKC, in L2) serves every panel of the
 // group. C carries the sums between k-blocks; every output sums its k in order, whatever the
 // split. With c2, the panels of a second B [K, N2] follow B's in bpk, and C2[M, N2] = A B2
 // goes to c2 (ldc2): one pass over A serves both products.
@@ -626,8 +617,8 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
     const Index g = it / nc, ch = it % nc;
     const Index m0 = std::min(M, units * ch / nc * kMR);
     const Index m1 = std::min(M, units * (ch + 1) / nc * kMR);
-    for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC<S>) {  // once at least: C = 0 if K = 0
-      const Index kb = std::min(kKC<S>, K - k0);
+    for (Index k0 = 0; k0 == 0 || k0 < K; k0 += kKC) {  // once at least: C = 0 if K = 0
+      const Index kb = std::min(kKC, K - k0);
       if (!a_rows)  // ap[k][m - m0] = A(m, k0 + k)
         for (Index k = 0; k < kb; ++k)
           std::copy(a + (k0 + k) * sam + m0, a + (k0 + k) * sam + m1, ap + k * kMC);
@@ -1177,7 +1168,7 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
   const double flops = 2.0 * N * (G * (2 * I + R) + cache.d.P * H);
   with_team(threads, npi + npr, flops, [&](int tid, int nt, Errors& err) {
     Buf<S> ap;  // this thread's copy of a block of A^T
-    err.run([&] { ap.resize(kKC<S> * kMC); });
+    err.run([&] { ap.resize(kKC * kMC); });
     // C[M, n] = A B with A(m, k) = a[m * lda + k] (a_rows) or a[k * lda + m], and
     // B(k, n) = b[k * sbk + n * sbn] (K x n) packed first; with b2 (row-major [K, n2]), also
     // C2[M, n2] = A B2 in the same pass over A.
@@ -1398,7 +1389,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                 [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                   store_gates(gates + grow(pa + r0 + i) * G, H, j0, nv, zi, zf, zg, zo);
                 },
-                part.data(), nr);  // (blocks of whole row tiles, blocked as for nr rows)
+                part.data());
             it += b1 - b0;
           }
         });
@@ -1445,7 +1436,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                 else
                   emit(k, j0, nv, r);
               },
-              part.data(), Bs);
+              part.data());
         }
       });
       if (proj) {
@@ -1570,7 +1561,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
               [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
                 f(r0 + k, a0, a1, a2, a3);
               },
-              part.data(), m);
+              part.data());
           panel_rows<S>(  // those whose last step is s: no recurrent term
               std::max<Index>(0, std::min(r1, Bs) - a), 0, wh, [&](Index) { return wh; }, zeros,
               [&](Index k, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
@@ -1783,7 +1774,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
                   [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                     store_gates(zx(a + i), H, j0, nv, zi, zf, zg, zo);
                   },
-                  part.data(), q.n[t]);
+                  part.data());
             }
           }
         });
@@ -1817,7 +1808,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
               [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                 store_gates(zh(f0 + i), H, j0, nv, zi, zf, zg, zo);
               },
-              part.data(), q.n[s]);
+              part.data());
         }
       });
       if (shared) barrier();  // every panel of h_{t-1} W_hh^T
@@ -1881,7 +1872,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
               [&](Index i, Index j0, Index nv, P h) __attribute__((always_inline)) {
                 emit_h(d, q, opt, md, cache, s, e0 + i, hprev(e0 + i), j0, nv, h, y);
               },
-              part.data(), q.n[s]);
+              part.data());
       });
     }
   });
@@ -1952,7 +1943,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
               [&](Index i) __attribute__((always_inline)) {
                 return dGh.data() + (q.off[s + 1] + f0 + i) * G;
               },
-              zeros, f, part.data(), m);
+              zeros, f, part.data());
           panel_rows<S>(  // those whose last step is s: no recurrent term
               nrf - nmf, 0, wh, [&](Index) { return wh; }, zeros,
               [&](Index i, P a0, P a1, P a2, P a3) __attribute__((always_inline)) {
@@ -1978,7 +1969,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
                   if (n) store(dr.data() + (e0 + i) * H + j, a[g], n);
                 }
               },
-              part.data(), Bs);
+              part.data());
         for (Index k = e0; k < e0 + nr; ++k) {
           const Index pos = q.off[s] + k, b = q.perm[k];
           const S *gb = cache.gates.data() + pos * G, *nc = cache.nc.data() + pos * H;
