@@ -1353,7 +1353,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const Index items = step_rows ? std::min<Index>(ceil_div(B, Index(kMR)), threads)
                       : np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
   with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
-    Buf<S> part;  // partial sums between k-blocks, and tiles, per thread
+    Buf<S> part;  // panel_rows' tiles, per thread
     err.run([&] { part.resize(std::max(ch.rows, B) * W); });
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
@@ -1491,7 +1491,7 @@ void backward_fast(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs,
       split_entries(npr, threads, B, G * R * Index(sizeof(S))) && !(dpeep && opt.peephole);
   with_team(threads, by_rows ? ceil_div(B, Index(kMR)) : std::max(npr, nph), flops,
             [&](int tid, int nt, Errors& err) {
-    Buf<S> part;  // partial sums between k-blocks, per thread
+    Buf<S> part;  // panel_rows' tiles, per thread
     err.run([&] { part.resize(B * W); });
     Index p0 = 0, p1 = npr, r0 = 0, r1 = B, ph0, ph1;
     if (by_rows)
@@ -1731,7 +1731,7 @@ void forward_ln(int threads, const Dims& d, const Seq& q, const Options<S>& opt,
   const Index eb = ceil_div(B, Index(kMR));
   with_team(threads, std::max<Index>(eb, threads), 2.0 * q.N * (G * (I + R) + H * d.P),
             [&](int tid, int nt, Errors& err) {
-    Buf<S> part;  // partial sums between k-blocks, per thread
+    Buf<S> part;  // panel_rows' tiles, per thread
     err.run([&] { part.resize(B * W); });
     Index p0, p1, pr0, pr1, e0, e1;
     share(np, nt, tid, p0, p1);
@@ -1912,7 +1912,7 @@ void backward_ln(int threads, const Cache<S>& cache, const S* dy, Mat<S>& dhs, M
   Buf<S> dr(B * H);  // dL/dr of each entry
   with_team(threads, std::max<Index>(eb, threads), 2.0 * N * (G * R + d.P * H),
             [&](int tid, int nt, Errors& err) {
-    Buf<S> part, dcl;  // per thread: partial sums; a row [H]
+    Buf<S> part, dcl;  // per thread: panel_rows' tiles; a row [H]
     err.run([&] { part.resize(B * W), dcl.resize(H); });
     Index ph0, ph1, e0, e1;
     share(nph, nt, tid, ph0, ph1);
@@ -2175,7 +2175,7 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
     share(nbr, nt, tid, r0, r1);  // and of P, when projected
     Index q0, q1;
     share(ceil_div(d.P, W), nt, tid, q0, q1);  // or its packed panels of 4V units
-    Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' partial sums
+    Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' tiles
     err.run([&] { z.resize(B * W), part.resize(B * W); });
     for (Index k = 0; k < L; ++k) {
       Dims dk = d;
