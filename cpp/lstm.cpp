@@ -1337,7 +1337,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const Chunks ch(q);
   const Index R = d.R(), npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
   const bool proj = d.P > 0;
-  // Buffers, sized once: packed weights (unless given), the projection of a chunk and r_t
+  // Buffers, sized once: packed weights (unless given), the projection of a chunk, and r_t
   // (inference only).
   const Weights<S> pw(d, packed);
   Buf<S> zx(ch.rows * np * W), rs(cache || !proj ? 0 : B * H);
@@ -1368,7 +1368,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
     if (step_rows) share_entries(B, nt, tid, e0, e1), sp0 = 0, sp1 = np;
     for (Index s = 0; s < T; ++s) {
       const Index s0 = ch.first[s];  // first step of the projection chunk
-      auto zrow = [&](Index p, Index pos) __attribute__((always_inline)) {  // zx's of position pos
+      auto zrow = [&](Index p, Index pos) __attribute__((always_inline)) {  // panel p's row of pos
         return zx.data() + (p * ch.rows + pos - q.off[s0]) * W;
       };
       if (s == s0) {  // x W_ih^T + b for the tokens of the chunk's steps
