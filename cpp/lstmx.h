@@ -311,8 +311,8 @@ struct Packed;
 // ---- The sequence: forward and backward through time ---------------------------------------
 
 // x [T,B,I] or [B,T,I]; h0 [B, R], c0 [B, H] or nullptr (zeros); bias [4H] or nullptr.
-// Writes y (layout of x), h_n [B, R], c_n [B, H]. With cache == nullptr (inference) only the state is
-// kept, plus a scratch for the input projection of about 192 tokens (training too); otherwise cache
+// Writes y (layout of x), h_n [B, R], c_n [B, H]. A scratch holds the input projection of about
+// 192 tokens at a time. With cache == nullptr (inference) only the state is kept; otherwise cache
 // (constructed with the same dims and options) is filled for backward, and masks are random.
 // The naive kernel implements lengths and reverse but no other option (std::invalid_argument).
 // packed (or nullptr: pack per call) must hold w_ih, w_hh and opt.w_hr, packed for d's sizes;
