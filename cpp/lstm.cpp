@@ -714,6 +714,14 @@ EIGEN_ALWAYS_INLINE void store_gates(S* g, Index H, Index j0, Index nv, const Pk
   store(g + 3 * H + j0, zo, nv);
 }
 
+// Stores a tile row (i, f, g, o; V units each) into z [4V] (aligned), as a panel lays it out.
+template <typename S>
+EIGEN_ALWAYS_INLINE void store_tile(S* z, const Pk<S>& zi, const Pk<S>& zf, const Pk<S>& zg,
+                                    const Pk<S>& zo) {
+  constexpr Index V = kV<S>;
+  ei::pstore(z, zi), ei::pstore(z + V, zf), ei::pstore(z + 2 * V, zg), ei::pstore(z + 3 * V, zo);
+}
+
 // The cell on units [j0, j0 + nv), given the pre-activations z and c_{t-1}: peepholes, clip,
 // activations; the gates and the new cell value cn (before zoneout).
 template <typename S>
@@ -1389,9 +1397,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
                   return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
                 },
                 [&](Index i, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                  S* z = zrow(p, pa + r0 + i);
-                  ei::pstore(z, zi), ei::pstore(z + V, zf);
-                  ei::pstore(z + 2 * V, zg), ei::pstore(z + 3 * V, zo);
+                  store_tile(zrow(p, pa + r0 + i), zi, zf, zg, zo);
                 },
                 part.data());
             it += b1 - b0;
@@ -2221,9 +2227,7 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
                                 : ei::pzero(one);
                 },
                 [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
-                  S* zb = z.data() + b * W;
-                  ei::pstore(zb, zi), ei::pstore(zb + V, zf);
-                  ei::pstore(zb + 2 * V, zg), ei::pstore(zb + 3 * V, zo);
+                  store_tile(z.data() + b * W, zi, zf, zg, zo);
                 },
                 part.data());
             panel_rows<S>(
