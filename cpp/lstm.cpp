@@ -399,8 +399,9 @@ EIGEN_ALWAYS_INLINE P vtanh(const P& x) {
 //   Plain: column p*4V + s                     (N columns; panels of 4V consecutive columns)
 //   Gates: column (s/V)*H + p*V + s%V          (N = 4H; panel p = units [pV, pV+V), all 4 gates)
 // Slots past the end are zero. B(k, n) = b[k * sbk + n * sbn]. pack() fills panels [p0, p1)
-// for k in [0, K); with kp > K (the panels' full height) it fills rows [0, K) of panels kp
-// rows high, so that rows [k0, k1) are packed by passing b + k0 sbk, out + k0 4V, K = k1 - k0.
+// for k in [0, K), one after another from out (which holds panel p0); with kp > K (the panels'
+// full height) it fills rows [0, K) of panels kp rows high, so that rows [k0, k1) are packed by
+// passing b + k0 sbk, out + k0 4V, K = k1 - k0.
 enum class Panels { Plain, Gates };
 
 template <typename S>
@@ -419,7 +420,7 @@ void pack(Panels kind, Index p0, Index p1, Index K, Index N, const S* b, Index s
     for (Index q = 0; q < 4; ++q) {  // slots [qV, qV + V) hold columns n0 + v, v < nv
       const Index n0 = kind == Panels::Plain ? p * W + q * V : q * H + p * V;
       const Index nv = std::clamp<Index>(kind == Panels::Plain ? N - n0 : H - p * V, 0, V);
-      S* o = out + p * kp * W + q * V;
+      S* o = out + (p - p0) * kp * W + q * V;
       if constexpr (V > 1) {
         if (sbk == 1) {  // each column is contiguous in k: transpose V x V blocks in registers
           for (Index k0 = 0; k0 < K; k0 += V) {
@@ -971,15 +972,17 @@ std::size_t Cache<S>::nbytes() const {
 }
 
 // Panels [p0, p1) of W_ih^T and W_hh^T (Gates), and [r0, r1) of W_hr^T (Plain, with d.P), as the
-// forward kernels read them: wi [np, I, 4V], wh [np, R, 4V], whr [npr, H, 4V].
+// forward kernels read them: wi [np, I, 4V] (unless null), wh [np, R, 4V], whr [npr, H, 4V].
 template <typename S>
 void pack_forward(const Dims& d, Index p0, Index p1, Index r0, Index r1, const S* w_ih,
                   const S* w_hh, const S* w_hr, S* wi, S* wh, S* whr) {
   const Index G = 4 * d.H, R = d.R();
   const bool nt = stream_packing(std::size_t((d.I + R) * G + d.P * d.H) * sizeof(S));
-  pack<S>(Panels::Gates, p0, p1, d.I, G, w_ih, 1, d.I, wi, nt);  // W_ih^T
-  pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh, nt);      // W_hh^T
-  if (d.P) pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr, nt);  // W_hr^T
+  constexpr Index W = 4 * kV<S>;
+  if (wi) pack<S>(Panels::Gates, p0, p1, d.I, G, w_ih, 1, d.I, wi + p0 * d.I * W, nt);  // W_ih^T
+  pack<S>(Panels::Gates, p0, p1, R, G, w_hh, 1, R, wh + p0 * R * W, nt);                  // W_hh^T
+  if (d.P)
+    pack<S>(Panels::Plain, r0, r1, d.H, d.P, w_hr, 1, d.H, whr + r0 * d.H * W, nt);  // W_hr^T
 }
 
 // The copies the cache keeps of a training forward's inputs, filled by the forward's threads.
@@ -1023,7 +1026,9 @@ template <typename S>
 void pack_backward(const Cache<S>& cache, Index h0, Index h1, S* whr) {
   const Dims& d = cache.d;
   const bool nt = stream_packing(std::size_t(d.P * d.H) * sizeof(S));
-  if (d.P) pack<S>(Panels::Plain, h0, h1, d.P, d.H, cache.w_hr.data(), d.H, 1, whr, nt);
+  constexpr Index W = 4 * kV<S>;
+  if (d.P)
+    pack<S>(Panels::Plain, h0, h1, d.P, d.H, cache.w_hr.data(), d.H, 1, whr + h0 * d.P * W, nt);
 }
 
 template <typename S>
@@ -1059,8 +1064,9 @@ template <typename S>
 struct Weights {
   Buf<S> own[3];
   const S *wi, *wh, *whr;
-  // (pack false: none, for kernels that read the weights as they are)
-  Weights(const Dims& d, const Packed<S>* packed, bool pack = true) : wi(), wh(), whr() {
+  // (pack false: none, for kernels that read the weights as they are; pack_wi false: no W_ih^T)
+  Weights(const Dims& d, const Packed<S>* packed, bool pack = true, bool pack_wi = true)
+      : wi(), wh(), whr() {
     if (!pack) return;
     if (packed) {
       if (packed->I != d.I || packed->H != d.H || packed->P != d.P)
@@ -1071,7 +1077,8 @@ struct Weights {
     constexpr Index W = 4 * kV<S>;
     const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
     const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
-    own[0].resize(np * d.I * W), own[1].resize(np * d.R() * W), own[2].resize(npr * d.H * W);
+    own[0].resize(pack_wi ? np * d.I * W : 0), own[1].resize(np * d.R() * W);
+    own[2].resize(npr * d.H * W);
     wi = own[0].data(), wh = own[1].data(), whr = own[2].data();
   }
   // Thread tid of nt's panels [p0, p1) and [r0, r1) (see pack_forward), unless they came
@@ -1187,10 +1194,11 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
       Index p0, p1;
       share(np1 + (b2 ? panel_count<S>(Panels::Plain, n2) : 0), nt, tid, p0, p1);
       err.run([&] {
-        pack<S>(Panels::Plain, std::min(p0, np1), std::min(p1, np1), K, n, b, sbk, sbn, pk.data());
+        const Index a0 = std::min(p0, np1), b0 = std::max(p0, np1) - np1;
+        pack<S>(Panels::Plain, a0, std::min(p1, np1), K, n, b, sbk, sbn, pk.data() + a0 * K * W);
         if (b2)
-          pack<S>(Panels::Plain, std::max(p0, np1) - np1, std::max(p1, np1) - np1, K, n2, b2, n2,
-                  1, pk.data() + np1 * K * W);
+          pack<S>(Panels::Plain, b0, std::max(p1, np1) - np1, K, n2, b2, n2, 1,
+                  pk.data() + (np1 + b0) * K * W);
       });
       barrier();
       err.run([&] {
@@ -1240,6 +1248,7 @@ struct Chunks {
   std::vector<Index> first;  // [T] the first step of each step's chunk
   std::vector<Index> end;    // [T] at a chunk's first step: one past its last step
   Index rows = 0;            // the most tokens in a chunk
+  Index count = 0;           // chunks
   explicit Chunks(const Seq& q) : first(q.T), end(q.T) {
     for (Index s = 0; s < q.T;) {
       Index e = s + 1;
@@ -1247,7 +1256,7 @@ struct Chunks {
       std::fill(first.begin() + s, first.begin() + e, s);
       end[s] = e;
       rows = std::max(rows, q.off[e] - q.off[s]);
-      s = e;
+      s = e, ++count;
     }
   }
 };
@@ -1347,7 +1356,12 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const bool proj = d.P > 0;
   // Buffers, sized once: packed weights (unless given), the projection of a chunk, and r_t
   // (inference only).
-  const Weights<S> pw(d, packed);
+  // With one chunk, each panel of W_ih^T is read once: unless it came packed, it is packed
+  // just before its projection (fly) into a one-panel buffer that stays in L2, rather than all
+  // into [np, I, 4V] first, out to L3 or memory and back (b1-h128 3% faster, b4-h1024 1%).
+  // With more chunks, packing every panel again for each was 2% slower (b16-h512, b32-h256).
+  const bool fly = !packed && ch.count == 1;
+  const Weights<S> pw(d, packed, true, !fly);
   Buf<S> zx(ch.rows * np * W), rs(cache || !proj ? 0 : B * H);
   S* gates = cache ? cache->gates.data() : nullptr;  // [N, 4H] (training)
   const bool training = cache != nullptr;
@@ -1361,8 +1375,8 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   const Index items = step_rows ? std::min<Index>(ceil_div(B, Index(kMR)), threads)
                       : np < threads && 2.0 * B * I * G >= 1 << 20 ? threads : np;
   with_team(threads, items, 2.0 * q.N * (G * (I + R) + H * d.P), [&](int tid, int nt, Errors& err) {
-    Buf<S> part;  // panel_rows' tiles, per thread
-    err.run([&] { part.resize(std::max(ch.rows, B) * W); });
+    Buf<S> part, wip;  // panel_rows' tiles and (fly) a panel of W_ih^T [I, 4V], per thread
+    err.run([&] { part.resize(std::max(ch.rows, B) * W), wip.resize(fly ? I * W : 0); });
     Index p0, p1, pr0, pr1;
     share(np, nt, tid, p0, p1);  // this thread's units: [p0 V, p1 V), for good
     share(npr, nt, tid, pr0, pr1);  // and of h with a projection: [pr0 4V, pr1 4V)
@@ -1390,8 +1404,10 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
             const Index p = it / nb, b0 = it % nb, b1 = std::min(nb, b0 + i1 - it);
             const Index j0 = p * V, nv = std::min(V, H - j0);
             const Index r0 = b0 * rb, r1 = std::min(nr, b1 * rb);  // rows [r0, r1)
+            if (fly) pack<S>(Panels::Gates, p, p + 1, I, G, w_ih, 1, I, wip.data());
+            const S* wp = fly ? wip.data() : pw.wi + p * I * W;  // [I, 4V]
             panel_rows<S>(
-                r1 - r0, I, pw.wi + p * I * W,
+                r1 - r0, I, wp,
                 [&](Index i) __attribute__((always_inline)) { return x + q.row[pa + r0 + i] * I; },
                 [&](Index, int g) __attribute__((always_inline)) {
                   return bias ? load(bias + g * H + j0, nv) : ei::pzero(P());
