@@ -186,11 +186,19 @@ def test_layer_pickles() -> None:
     (dict(seed="abc"), TypeError, "seed"),
     (dict(proj_size=4), ValueError, "proj_size: expected less than hidden_size = 4"),
     (dict(reverse=True, bidirectional=True), ValueError, "reverse: not with bidirectional"),
+    (dict(input_forget=True, forget_bias=1.0), ValueError, "forget_bias: has no effect with "
+     "input_forget=True"),
 ])
 def test_layer_bad_constructor_arguments(kw: dict[str, Any], err: type[Exception],
                                          pattern: str) -> None:
     with pytest.raises(err, match=pattern):
         lstmx.LSTM(**{"input_size": 3, "hidden_size": 4, **kw})
+
+
+def test_dropout_with_one_layer_warns() -> None:
+    with pytest.warns(UserWarning, match=r"dropout: applies between layers only.*dropout=0.5"):
+        m = lstmx.LSTM(3, 4, dropout=0.5)
+    assert m.dropout == 0.5
 
 
 def test_layer_bad_call_arguments() -> None:

@@ -15,10 +15,10 @@ import lstmx
 
 VARIANTS: list[dict[str, Any]] = [
     {},
-    dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True, dtype=np.float64),
+    dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True, dtype=np.float64,
+         forget_bias=1.0),
     dict(peephole=True, clip=1.5, input_forget=True, layer_norm=True, zoneout_h=0.1,
-         zoneout_c=0.2, recurrent_dropout=0.3, dropout=0.4, num_layers=2, forget_bias=1.0,
-         reverse=True),
+         zoneout_c=0.2, recurrent_dropout=0.3, dropout=0.4, num_layers=2, reverse=True),
     dict(bias=False),
 ]
 

@@ -1,5 +1,6 @@
 """lstmx's fused variants (lengths, reverse, projection, peepholes, clip, input_forget, zoneout,
-recurrent dropout) against the NumPy reference, at every ISA, forward and backward."""
+recurrent dropout, layer norm) against the NumPy reference, at every ISA, forward and
+backward."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recurrent_dropout": dict(recurrent_dropout=0.35),
     "all": dict(lengths=LENGTHS, reverse=True, w_hr=True, peephole=True, clip=0.8,
                 input_forget=True, zoneout_h=0.2, zoneout_c=0.25, recurrent_dropout=0.3),
+    "layer_norm": dict(layer_norm=True),
+    "layer_norm+all": dict(layer_norm=True, lengths=LENGTHS, reverse=True, w_hr=True,
+                           peephole=True, zoneout_h=0.2, zoneout_c=0.25, recurrent_dropout=0.3),
 }
 
 
@@ -50,6 +54,9 @@ def _case(variant: dict[str, Any], dtype: Any, batch_first: bool,
         kw["w_hr"] = r(P, H, s=0.5)
     if kw.get("peephole"):
         kw["peephole"] = r(3, H, s=0.5)
+    if kw.get("layer_norm"):  # gains near 1, the cell's bias near 0
+        kw["layer_norm"] = (1 + r(4 * H, s=0.2), 1 + r(4 * H, s=0.2), 1 + r(H, s=0.2),
+                            r(H, s=0.2))
     if "lengths" in kw:
         kw["lengths"] = np.array(kw["lengths"])
     return arrays, kw
@@ -60,6 +67,8 @@ def _reference(arrays: dict[str, Any], kw: dict[str, Any], batch_first: bool, tr
     a64 = {k: v.astype(np.float64) for k, v in arrays.items()}
     k64 = {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
            for k, v in kw.items()}
+    if "layer_norm" in k64:
+        k64["layer_norm"] = tuple(a.astype(np.float64) for a in k64["layer_norm"])
     if not training:
         k64.pop("recurrent_dropout", None)
     return R.lstm_forward(**a64, batch_first=batch_first, training=training, seed=seed,
@@ -87,10 +96,14 @@ def test_variant_matches_reference(name: str, batch_first: bool, dtype: Any, isa
     g = F.lstm_backward(tape, dy, dh, dc)
     gr = R.lstm_backward(cache, dy.astype(np.float64), dh.astype(np.float64),
                          dc.astype(np.float64))
-    for field in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeephole"):
+    for field in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeephole",
+                  "dlayer_norm"):
         got, want = getattr(g, field), gr[field]
         assert (got is None) == (want is None), field
-        if got is not None:
+        if field == "dlayer_norm" and got is not None:
+            for k, (a, e) in enumerate(zip(got, want)):
+                assert_close(a, e, dtype, f"{field}[{k}]")
+        elif got is not None:
             assert_close(got, want, dtype, field)
 
 
@@ -139,6 +152,23 @@ def test_padding_costs_nothing_and_states_are_per_sequence() -> None:
         np.testing.assert_allclose(y[:n, b], alone[0][:, 0], rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(hn[b], alone[1][0], rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(cn[b], alone[2][0], rtol=1e-13, atol=1e-13)
+
+
+def test_padded_steps_take_no_workspace() -> None:
+    """The training workspace holds the useful tokens only: its size is affine in
+    sum(lengths), whatever the lengths (the steps run over the active batch, sorted by length,
+    and a padded token has no row in any buffer)."""
+    arrays, _ = _case({}, np.float32, False)
+    args = {k: arrays[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh")}
+
+    def nbytes(lengths: list[int]) -> int:
+        return F.lstm_train(**args, lengths=np.array(lengths))[3].nbytes
+
+    empty = nbytes([0] * B)
+    per_token = (nbytes([T] * B) - empty) / (T * B)
+    assert per_token >= 4 * (I + 4 * H + 2 * H)  # x, the gates, h_{t-1} and c of each token
+    for lengths in (LENGTHS, [1, 2, 3, 4, 5], [T, 0, 0, 0, 0], [2] * B):
+        assert nbytes(lengths) == empty + per_token * sum(lengths), lengths
 
 
 def test_mask_hash_is_the_reference_one() -> None:

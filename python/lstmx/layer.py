@@ -14,6 +14,7 @@ import json
 import math
 import operator
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -129,13 +130,15 @@ class LSTM:
     lstmx's variants apply to every layer and direction:
     ``peephole`` (parameters ``peephole_l{k}{sfx} [3, H]``), ``clip`` (clamp the gate
     pre-activations to ``[-clip, clip]``), ``input_forget`` (``f = 1 - i``), ``forget_bias``
-    (initial forget-gate bias: ``bias_ih``'s slice ``[H:2H]`` set to it, ``bias_hh``'s to 0),
+    (initial forget-gate bias: ``bias_ih``'s slice ``[H:2H]`` set to it, ``bias_hh``'s to 0;
+    not with ``input_forget``),
     ``reverse`` (run each sequence backwards; not with ``bidirectional``), ``zoneout_h``,
     ``zoneout_c`` (random in training, their expectation at inference) and
     ``recurrent_dropout`` (training only); ``layer_norm`` (Haste's LayerNorm-LSTM: parameters
     ``ln_gain_ih_l{k}{sfx}, ln_gain_hh_l{k}{sfx} [4H]`` (gains 1), ``ln_gain_c_l{k}{sfx}``
     (gains 1) and ``ln_bias_c_l{k}{sfx} [H]`` (0)).
-    ``dropout`` applies to every layer's output but the last, in training. With
+    ``dropout`` applies to every layer's output but the last, in training (with one layer
+    it has no effect, and a warning says so, as in PyTorch). With
     ``proj_size = P > 0``, ``h = (o * tanh(c)) weight_hr^T`` has ``P`` units (PyTorch's
     projection), and ``weight_hr_l{k}{sfx} [P, H]`` joins the parameters.
 
@@ -168,6 +171,9 @@ class LSTM:
         self.bias = _flag("bias", bias)
         self.batch_first = _flag("batch_first", batch_first)
         self.dropout = _probability("dropout", dropout)
+        if self.dropout > 0 and self.num_layers == 1:  # as torch.nn.LSTM does
+            warnings.warn(f"dropout: applies between layers only, so it has no effect with "
+                          f"num_layers=1 (got dropout={self.dropout})", stacklevel=2)
         self.bidirectional = _flag("bidirectional", bidirectional)
         self.proj_size = _size("proj_size", proj_size, 0)
         if self.proj_size >= self.hidden_size:
@@ -186,6 +192,9 @@ class LSTM:
         self.forget_bias = None if forget_bias is None else _real("forget_bias", forget_bias)
         if self.forget_bias is not None and not self.bias:
             raise ValueError("forget_bias: needs bias=True")
+        if self.forget_bias is not None and self.input_forget:
+            raise ValueError("forget_bias: has no effect with input_forget=True (the forget gate "
+                             "is 1 - i there)")
         self.reverse = _flag("reverse", reverse)
         if self.reverse and self.bidirectional:
             raise ValueError("reverse: not with bidirectional=True (its second direction "
