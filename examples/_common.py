@@ -1,19 +1,19 @@
 """What the NumPy examples share: their common options, gradient clipping, a progress bar
-and a plot (no lstmx inside). The Adam they train with is in ``char_lm.py``.
+(the one ``python -m lstmx demo`` draws) and a plot. The Adam they train with is in
+``char_lm.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from lstmx._progress import Progress  # noqa: F401  (the examples import it from here)
 
 
 def add_common_args(ap: argparse.ArgumentParser, png: str) -> None:
@@ -34,33 +34,6 @@ def clip_grad_norm(grads: list[npt.NDArray[np.float32]], max_norm: float = 1.0
     if norm <= max_norm:
         return grads
     return [g * np.float32(max_norm / norm) for g in grads]
-
-
-class Progress:
-    """``[########------------]  400/1000  loss 1.234  (12.3 s)`` on stderr: redrawn in place
-    on a terminal, a line every tenth of the run elsewhere (a log file, a pipe)."""
-
-    WIDTH = 20
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total, self.enabled, self.t0 = max(total, 1), enabled, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.every = max(1, self.total // 10)
-
-    def update(self, done: int, text: str = "") -> None:
-        """Show that ``done`` of ``total`` steps are finished, with ``text`` after the count."""
-        if not self.enabled or not (self.tty or done % self.every == 0 or done == self.total):
-            return
-        fill = self.WIDTH * done // self.total
-        line = (f"[{'#' * fill}{'-' * (self.WIDTH - fill)}] {done:>{len(str(self.total))}}/"
-                f"{self.total}  {text}  ({time.perf_counter() - self.t0:.1f} s)")
-        if self.tty:
-            width = shutil.get_terminal_size().columns - 1
-            sys.stderr.write("\r" + line[:width].ljust(width) + ("\n" if done == self.total
-                                                                 else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def save_plot(path: str, title: str, xlabel: str, ylabel: str,

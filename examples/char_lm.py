@@ -1,6 +1,6 @@
 """A character-level language model trained from scratch on lstmx's NumPy API.
 
-    python examples/char_lm.py            # about half a minute on 2 cores; --quick: seconds
+    python examples/char_lm.py            # about 15 s on 2 cores; --quick: a few seconds
 
 The corpus is generated here from a small grammar (no downloads): sentences about cats, kings
 and rivers, about 100 KB. The model is one-hot characters -> ``lstmx.LSTM`` -> a linear layer

@@ -1,6 +1,6 @@
 """Time-series forecasting with lstmx: an LSTM against a naive and a linear forecast.
 
-    python examples/forecast.py           # about half a minute on 2 cores; --quick: seconds
+    python examples/forecast.py           # about 15 s on 2 cores; --quick: a few seconds
 
 The series is the Mackey-Glass delay equation (a model of blood-cell production and a classic
 forecasting benchmark: chaotic, with a nonlinear feedback 10 time units long), sampled once a

@@ -125,6 +125,7 @@ VARIANTS = {
     "plain": dict(),
     "stack": dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
     "peephole_clip": dict(peephole=True, clip=0.3),
+    "reverse_no_bias": dict(reverse=True, bias=False, proj_size=2),
     "layer_norm_masks": dict(num_layers=2, layer_norm=True, zoneout_h=0.3, zoneout_c=0.2,
                              recurrent_dropout=0.25, dropout=0.4, input_forget=True),
 }
@@ -259,3 +260,33 @@ def test_bad_input_raises_clear_errors(torch: Any, lt: Any) -> None:
     for call, match, kind in cases:
         with pytest.raises(kind, match=match):
             call()
+
+
+def test_tensors_cross_without_copies(torch: Any, lt: Any, monkeypatch: Any) -> None:
+    """Contiguous CPU tensors reach lstmx's kernels as views, and results come back as views:
+    the input, the parameters, the outputs, and in backward dy and the gradients."""
+    seen: dict[str, Any] = {}
+    forward_train, backward = lstmx.LSTM.forward_train, lstmx.LSTM.backward
+
+    def spy_forward(self: Any, x: Any, *args: Any) -> Any:
+        seen["x"], seen["w"] = x, self.weight_hh_l0
+        out = forward_train(self, x, *args)
+        seen["y"] = out[0]
+        return out
+
+    def spy_backward(self: Any, tape: Any, dy: Any, *args: Any) -> Any:
+        out = backward(self, tape, dy, *args)
+        seen["dy"], seen["dx"], seen["dw"] = dy, out[0], out[2]["weight_hh_l0"]
+        return out
+
+    monkeypatch.setattr(lstmx.LSTM, "forward_train", spy_forward)
+    monkeypatch.setattr(lstmx.LSTM, "backward", spy_backward)
+    m = lt.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y, _ = m(x)
+    dy = torch.randn(5, 2, 4)
+    y.backward(dy)
+    for name, array, tensor in (("x", "x", x), ("weight", "w", m.weight_hh_l0), ("y", "y", y),
+                                ("dy", "dy", dy), ("dx", "dx", x.grad),
+                                ("dweight", "dw", m.weight_hh_l0.grad)):
+        assert np.shares_memory(seen[array], tensor.detach().numpy()), name

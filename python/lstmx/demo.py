@@ -11,12 +11,12 @@ Run it with ``python -m lstmx demo`` (``--help`` for the options).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import numpy.typing as npt
 
 from . import get_num_threads, set_num_threads
+from ._progress import Progress
 from .layer import LSTM, LayerTape
 
 __all__ = ["make_batch", "main"]
@@ -111,8 +111,9 @@ def _train(steps: int, seed: int, quiet: bool) -> int:
     say(f"lstmx demo: majority symbol of {T} one-hot symbols from {K}; LSTM({K}, {H}) + linear "
         f"head, batch {BATCH}, {steps} steps, {get_num_threads()} thread(s)")
 
-    every = max(1, steps // 10)
-    t0, run_loss, run_acc, n = time.perf_counter(), 0.0, 0.0, 0
+    every = max(1, steps // 10)  # the running means restart every tenth of the run
+    bar = Progress(steps, enabled=not quiet)
+    run_loss, run_acc, n = 0.0, 0.0, 0
     for step in range(1, steps + 1):
         x, y = make_batch(rng, BATCH)
         logits, h, tape = _forward(lstm, w, b, x)
@@ -125,9 +126,8 @@ def _train(steps: int, seed: int, quiet: bool) -> int:
             grads = [gi / np.float32(total) for gi in grads]
         opt.step(grads)
         run_loss, run_acc, n = run_loss + loss, run_acc + acc, n + 1
-        if step % every == 0 or step == steps:
-            say(f"step {step:4d}/{steps}  loss {run_loss / n:.4f}  acc {run_acc / n:.2f}  "
-                f"({time.perf_counter() - t0:4.1f} s)")
+        bar.update(step, f"loss {run_loss / n:.4f}  acc {run_acc / n:.2f}")
+        if step % every == 0:
             run_loss, run_acc, n = 0.0, 0.0, 0
 
     x, y = make_batch(np.random.default_rng(seed + 1_000_003), 2000)
