@@ -23,7 +23,7 @@
 //   lengths       sequence b runs steps s = 0 .. len_b - 1 (0 <= len_b <= T, any order); its
 //                 time index is t = s, or t = len_b - 1 - s with reverse. y is 0 past the end;
 //                 h_n, c_n are each sequence's state after its own last step.
-//   recurrent_dropout  (training) h_{t-1} * m before W_hh, m [B, H] in {0, 1/(1-p)}, fixed in time
+//   recurrent_dropout  (training) h_{t-1} * m before W_hh, m [B, R] in {0, 1/(1-p)}, fixed in time
 //   peephole [3, H]    z_i += p_i * c_{t-1}, z_f += p_f * c_{t-1}, z_o += p_o * c_t
 //   clip          z_i, z_f, z_g, z_o clamped to [-clip, clip] before the activations
 //   input_forget  f = 1 - i

@@ -47,7 +47,7 @@ def ref_lstm(jax: Any, x: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any
              reverse: bool = False, w_hr: Any = None, peephole: Any = None,
              clip: float | None = None, input_forget: bool = False,
              layer_norm: Any = None) -> tuple[Any, tuple[Any, Any]]:
-    """The oracle: /work/notes/variants.md's pass in plain JAX (lax.scan over the steps)."""
+    """The oracle: docs/variants.md's pass in plain JAX (lax.scan over the steps)."""
     jnp = jax.numpy
     if batch_first:
         x = jnp.swapaxes(x, 0, 1)

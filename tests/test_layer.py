@@ -1,5 +1,5 @@
 """lstmx.LSTM: parameters, state_dict, PyTorch's call convention and shapes, stacks, directions,
-lengths, dropout and every variant (see notes/variants.md). Agreement with torch.nn.LSTM is in
+lengths, dropout and every variant (see docs/variants.md). Agreement with torch.nn.LSTM is in
 test_torch.py."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def oracle(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
            peephole: np.ndarray | None = None, w_hr: np.ndarray | None = None,
            zoneout_h: float = 0.0, zoneout_c: float = 0.0, recurrent_dropout: float = 0.0,
            training: bool = False, seed: int = 0, stream: int = 0) -> tuple[np.ndarray, ...]:
-    """The LN-LSTM of notes/variants.md, one sequence and step at a time, in float64."""
+    """The LN-LSTM of docs/variants.md, one sequence and step at a time, in float64."""
     x, w_ih, w_hh, h0, c0 = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh, h0, c0))
     gx, gh, gc, bc = (np.asarray(a, np.float64) for a in layer_norm)
     if batch_first:

@@ -74,7 +74,7 @@ def test_reference_backward_matches_finite_differences(batch_first: bool) -> Non
         np.testing.assert_allclose(g[gk], num[k], rtol=1e-6, atol=1e-8, err_msg=k)
 
 
-# ---- the random masks' hash (notes/variants.md), identical in C++ ----------------------------
+# ---- the random masks' hash (docs/variants.md), identical in C++ ----------------------------
 
 M64 = 0xFFFFFFFFFFFFFFFF
 

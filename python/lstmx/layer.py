@@ -1,5 +1,5 @@
 """``lstmx.LSTM``: a stacked, optionally bidirectional LSTM layer that holds its parameters,
-named and shaped as in ``torch.nn.LSTM``, with lstmx's variants (see ``notes/variants.md``).
+named and shaped as in ``torch.nn.LSTM``, with lstmx's variants (see ``docs/variants.md``).
 
 One layer ``k`` and direction ``d`` is one call of :mod:`lstmx.functional` (a "pass"); the
 layer chains them: layer ``k > 0`` takes layer ``k - 1``'s output ``[fwd | rev]``, with
@@ -87,7 +87,7 @@ class LayerTape:
                  B: int, unbatched: bool) -> None:
         self._layer = layer
         self._tapes = tapes  # index k * D + d, as h0
-        self._masks = masks  # [T, B, D * H] ([B, T, ...] batch_first) after layer k, or None
+        self._masks = masks  # [T, B, D * R] ([B, T, ...] batch_first) after layer k, or None
         self._T, self._B, self._unbatched = T, B, unbatched
 
     @property
@@ -142,16 +142,17 @@ class LSTM:
     ``proj_size = P > 0``, ``h = (o * tanh(c)) weight_hr^T`` has ``P`` units (PyTorch's
     projection), and ``weight_hr_l{k}{sfx} [P, H]`` joins the parameters.
 
-    Parameters ``weight_ih_l{k}{sfx} [4H, I_k]``, ``weight_hh_l{k}{sfx} [4H, H]``,
+    Parameters ``weight_ih_l{k}{sfx} [4H, I_k]``, ``weight_hh_l{k}{sfx} [4H, R]``,
     ``bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} [4H]`` (``sfx`` is ``""`` or ``"_reverse"``,
-    ``I_0 = input_size``, ``I_k = D * H``) are NumPy arrays in PyTorch's order, initialised
+    ``R = proj_size or H``, ``I_0 = input_size``, ``I_k = D * R``) are NumPy arrays in PyTorch's order, initialised
     like PyTorch: uniform in ``[-1/sqrt(H), 1/sqrt(H)]`` from
     ``numpy.random.default_rng(seed)`` (PyTorch's parameters first, so the extras do not change
     them).
 
     ``lstm(x, (h0, c0), lengths)`` returns ``(y, (h_n, c_n))`` with PyTorch's shapes:
     ``x [T, B, I]`` (``[B, T, I]`` with ``batch_first``, or ``[T, I]`` unbatched),
-    ``y [T, B, D * H]``, states ``[L * D, B, H]`` (``[L * D, H]`` unbatched), index
+    ``y [T, B, D * R]``, states ``h [L * D, B, R]`` and ``c [L * D, B, H]`` (no ``B``
+    unbatched), index
     ``k * D + d``. ``lengths [B]`` (ints in ``[0, T]``, any order) ends each sequence early:
     ``y`` is 0 past its end and ``h_n, c_n`` are its state at its end.
     """
@@ -332,7 +333,8 @@ class LSTM:
     def _prepare(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
                  lengths: ArrayLike | None
                  ) -> tuple[AnyArray, Array | None, Array | None, AnyArray | None, bool]:
-        """x as 3-D, h0 and c0 as ``[L * D, B, H]``, lengths as int64; and whether x is 2-D."""
+        """x as 3-D, h0 and c0 as ``[L * D, B, R]`` and ``[L * D, B, H]``, lengths as int64; and
+        whether x is 2-D."""
         xa = _float_array("x", x, self.dtype, "the layer")
         unbatched = xa.ndim == 2
         if unbatched:

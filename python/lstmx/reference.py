@@ -10,7 +10,7 @@ Written for clarity only, one step at a time. The plain cell, from the seed equa
     c_t = f_t * c_{t-1} + i_t * g_t
     h_t = o_t * tanh(c_t)
 
-and every variant of ``notes/variants.md`` (issue 4), forward and backward: per-sequence
+and every variant of ``docs/variants.md`` (issue 4), forward and backward: per-sequence
 lengths, reverse, projection (``w_hr``), peepholes, gate clipping, coupled input-forget gate,
 layer normalisation, zoneout, recurrent dropout (:func:`lstm_forward`, :func:`lstm_backward`),
 and stacks of layers in PyTorch's layout with between-layer dropout
@@ -196,7 +196,7 @@ def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
                  training: bool = False, seed: int = 0,
                  stream_base: int = 0
                  ) -> tuple[AnyArray, AnyArray, AnyArray, dict[str, Any]]:
-    """One pass (one layer, one direction) with every variant of ``notes/variants.md``.
+    """One pass (one layer, one direction) with every variant of ``docs/variants.md``.
 
     Returns ``(y, h_n, c_n, cache)``: ``y [T, B, R]`` (``[B, T, R]`` if ``batch_first``; 0 at
     padded steps), ``h_n [B, R]``, ``c_n [B, H]``, with ``R = P`` when ``w_hr [P, H]`` is given
