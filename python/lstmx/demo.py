@@ -111,8 +111,7 @@ def _train(steps: int, seed: int, quiet: bool) -> int:
     say(f"lstmx demo: majority symbol of {T} one-hot symbols from {K}; LSTM({K}, {H}) + linear "
         f"head, batch {BATCH}, {steps} steps, {get_num_threads()} thread(s)")
 
-    every = max(1, steps // 10)  # the running means restart every tenth of the run
-    bar = Progress(steps, enabled=not quiet)
+    bar = Progress(steps, enabled=not quiet)  # a line every tenth of the run (off a terminal)
     run_loss, run_acc, n = 0.0, 0.0, 0
     for step in range(1, steps + 1):
         x, y = make_batch(rng, BATCH)
@@ -127,7 +126,7 @@ def _train(steps: int, seed: int, quiet: bool) -> int:
         opt.step(grads)
         run_loss, run_acc, n = run_loss + loss, run_acc + acc, n + 1
         bar.update(step, f"loss {run_loss / n:.4f}  acc {run_acc / n:.2f}")
-        if step % every == 0:
+        if step % bar.every == 0:  # the running means restart every tenth of the run
             run_loss, run_acc, n = 0.0, 0.0, 0
 
     x, y = make_batch(np.random.default_rng(seed + 1_000_003), 2000)

@@ -144,17 +144,16 @@ class LSTM:
 
     Parameters ``weight_ih_l{k}{sfx} [4H, I_k]``, ``weight_hh_l{k}{sfx} [4H, R]``,
     ``bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} [4H]`` (``sfx`` is ``""`` or ``"_reverse"``,
-    ``R = proj_size or H``, ``I_0 = input_size``, ``I_k = D * R``) are NumPy arrays in PyTorch's order, initialised
-    like PyTorch: uniform in ``[-1/sqrt(H), 1/sqrt(H)]`` from
+    ``R = proj_size or H``, ``I_0 = input_size``, ``I_k = D * R``) are NumPy arrays in
+    PyTorch's order, initialised like PyTorch: uniform in ``[-1/sqrt(H), 1/sqrt(H)]`` from
     ``numpy.random.default_rng(seed)`` (PyTorch's parameters first, so the extras do not change
     them).
 
     ``lstm(x, (h0, c0), lengths)`` returns ``(y, (h_n, c_n))`` with PyTorch's shapes:
     ``x [T, B, I]`` (``[B, T, I]`` with ``batch_first``, or ``[T, I]`` unbatched),
     ``y [T, B, D * R]``, states ``h [L * D, B, R]`` and ``c [L * D, B, H]`` (no ``B``
-    unbatched), index
-    ``k * D + d``. ``lengths [B]`` (ints in ``[0, T]``, any order) ends each sequence early:
-    ``y`` is 0 past its end and ``h_n, c_n`` are its state at its end.
+    unbatched), index ``k * D + d``. ``lengths [B]`` (ints in ``[0, T]``, any order) ends each
+    sequence early: ``y`` is 0 past its end and ``h_n, c_n`` are its state at its end.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
