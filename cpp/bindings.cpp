@@ -180,6 +180,7 @@ struct Cache {
   bool peephole, ln;
   const lstmx::KernelTable<S>* k;
   lstmx::Cache<S>* p;
+  py::object drop;  // the forward's Options::drop, which backward reads (or None)
   Cache(const Dims& dims, const lstmx::Options<S>& o, const lstmx::KernelTable<S>& kt)
       : d(dims), peephole(o.peephole), ln(o.ln), k(&kt), p(kt.cache_new(dims, o)) {}
   ~Cache() { k->cache_free(p); }
@@ -234,6 +235,7 @@ struct Variant {
   std::uint64_t seed = 0, stream = 0;
   py::object packed = py::none();  // a Packed_f32/f64 of these weights, or None
   bool dots = false;               // Options::dots
+  py::object drop = py::none(), y_drop = py::none();  // Options::drop, y_drop (laid out as y)
 };
 
 // ln: receives the layer-norm arrays, concatenated (Options::ln points at it).
@@ -301,7 +303,7 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   const S* ph0 = in_ptr<S>(h0, "h0", {d.B, R});
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
   std::vector<S> ln;
-  const lstmx::Options<S> opt = options<S>(v, d, ln);
+  lstmx::Options<S> opt = options<S>(v, d, ln);
   py::array y;  // into y_out when given: rows d.ldy apart
   if (y_out.is_none()) {
     y = out<S>({x.shape(0), x.shape(1), R});
@@ -323,6 +325,24 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
           in(opt.lengths, d.B * Index(sizeof(std::int64_t)))})
       if (a && y0 < a + n && a < y1) throw py::value_error("y_out: shares memory with an input");
   }
+  if (!v.drop.is_none() || !v.y_drop.is_none()) {  // dropout after the pass: both, laid out as y
+    if (!training) throw py::value_error("drop: training only");
+    const Index ys = d.ldy ? d.ldy : R;
+    for (auto [o, name, w] : {std::tuple{&v.drop, "drop", false}, {&v.y_drop, "y_drop", true}})
+      if (row_stride<S>(*o, name, x.shape(0), x.shape(1), R, w) != ys)
+        throw py::value_error(std::string(name) + ": expected rows " + std::to_string(ys) +
+                              " elements apart, as y's");
+    const auto bytes = [&](const py::object& o) {  // [first, last) byte of a y-shaped array
+      const auto* a = static_cast<const char*>(py::reinterpret_borrow<py::array>(o).data());
+      return std::pair{a, a + (d.T * d.B ? ((d.T * d.B - 1) * ys + R) * Index(sizeof(S)) : 0)};
+    };
+    const auto [z0, z1] = bytes(v.y_drop);
+    const auto* xb = reinterpret_cast<const char*>(px);
+    for (const auto& [a0, a1] : {bytes(v.drop), bytes(y), std::pair{xb, xb + x.nbytes()}})
+      if (z0 < a1 && a0 < z1) throw py::value_error("y_drop: shares memory with drop, y or x");
+    opt.drop = static_cast<const S*>(py::reinterpret_borrow<py::array>(v.drop).data());
+    opt.y_drop = static_cast<S*>(py::reinterpret_borrow<py::array>(v.y_drop).mutable_data());
+  }
   auto hn = out<S>({d.B, R}), cn = out<S>({d.B, d.H});
   S *py_ = static_cast<S*>(y.mutable_data()), *phn = hn.mutable_data(), *pcn = cn.mutable_data();
   const auto& kt = table<S>(lstmx::backend());
@@ -334,12 +354,13 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
     kt.forward(kernel_of(naive), lstmx::num_threads(), d, opt, px, pwih, pwhh, pb, ph0, pc0, py_,
                phn, pcn, cache ? cache->p : nullptr, pk);
   }
+  if (cache) cache->drop = v.drop;  // backward reads it
   return py::make_tuple(y, hn, cn, cache ? py::cast(cache) : py::none());
 }
 
 template <typename S>
 py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n, bool naive) {
+                   const py::object& dc_n, bool naive, const py::object& dx_add) {
   const Dims& d = cache.d;
   const Index R = d.R();
   const std::vector<Index> yshape =
@@ -355,7 +376,25 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   }
   const S* pdhn = in_ptr<S>(dh_n, "dh_n", {d.B, R});
   const S* pdcn = in_ptr<S>(dc_n, "dc_n", {d.B, d.H});
-  auto dx = out<S>({yshape[0], yshape[1], d.I});
+  py::array_t<S> dx;  // new, or dx_add (dx += this pass's)
+  if (dx_add.is_none()) {
+    dx = out<S>({yshape[0], yshape[1], d.I});
+  } else {
+    if (!py::isinstance<py::array_t<S>>(dx_add))
+      throw py::type_error(std::string("dx_add: expected a numpy array of ") +
+                           (sizeof(S) == 4 ? "float32" : "float64"));
+    dx = py::reinterpret_borrow<py::array_t<S>>(dx_add);
+    if (dx.ndim() != 3 || dx.shape(0) != yshape[0] || dx.shape(1) != yshape[1] ||
+        dx.shape(2) != d.I || !(dx.flags() & py::array::c_style) || !dx.writeable() ||
+        !(dx.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+      throw py::value_error("dx_add: expected a writeable, aligned, C-contiguous array of "
+                            "shape " + shape_str({yshape[0], yshape[1], d.I}) + " (x's)");
+    const auto* a = reinterpret_cast<const char*>(dx.data());
+    const auto* b = reinterpret_cast<const char*>(pdy);
+    const Index ys = d.ldy ? d.ldy : R, n = d.T * d.B;
+    if (b && n && a < b + ((n - 1) * ys + R) * Index(sizeof(S)) && b < a + dx.nbytes())
+      throw py::value_error("dx_add: shares memory with dy");
+  }
   auto dh0 = out<S>({d.B, R}), dc0 = out<S>({d.B, d.H});
   auto dwih = out<S>({4 * d.H, d.I}), dwhh = out<S>({4 * d.H, R});
   auto db = out<S>({4 * d.H});
@@ -364,6 +403,7 @@ py::tuple backward(const Cache<S>& cache, const py::object& dy, const py::object
   lstmx::Grads<S> g{dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(),
                     dwih.mutable_data(), dwhh.mutable_data(), db.mutable_data(), nullptr,
                     nullptr};
+  g.dx_add = !dx_add.is_none();
   if (cache.peephole) {
     auto a = out<S>({3, d.H});
     g.dpeep = a.mutable_data();
@@ -579,7 +619,8 @@ void bind_dtype(py::module_& m, const char* cache_name, const char* packed_name)
       .def_property_readonly("y_stride", [](const Cache<S>& c) { return c.d.y_stride(); })
       .def_property_readonly("nbytes", &Cache<S>::nbytes);
   m.def("backward", &backward<S>, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
-        py::arg("dc_n"), py::arg("naive") = false);
+        py::arg("dc_n"), py::arg("naive") = false, py::kw_only(),
+        py::arg("dx_add") = py::none());
   // Test hook: the active kernels' vectorised sigmoid and tanh, elementwise.
   m.def("_activations", [](const py::array_t<S, py::array::c_style | py::array::forcecast>& x) {
     const Index n = x.size();
@@ -596,10 +637,11 @@ py::tuple forward_any(const py::array& x, const py::array& w_ih, const py::array
                       double clip, bool input_forget, double zoneout_h, double zoneout_c,
                       double recurrent_dropout, std::uint64_t seed, std::uint64_t stream,
                       const py::object& layer_norm, const py::object& packed, bool dots,
-                      const py::object& y_out) {
+                      const py::object& y_out, const py::object& drop,
+                      const py::object& y_drop) {
   const Variant v{lengths,   peephole,  w_hr,      layer_norm,        reverse, input_forget,
                   clip,      zoneout_h, zoneout_c, recurrent_dropout, seed,    stream, packed,
-                  dots};
+                  dots,      drop,      y_drop};
   if (py::isinstance<py::array_t<float>>(x))
     return forward<float>(x, w_ih, w_hh, bias, h0, c0, batch_first, training, naive, v, y_out);
   if (py::isinstance<py::array_t<double>>(x))
@@ -629,7 +671,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
         py::arg("recurrent_dropout") = 0.0, py::arg("seed") = 0, py::arg("stream") = 0,
         py::arg("layer_norm") = py::none(), py::arg("packed") = py::none(),
-        py::arg("dots") = false, py::arg("y_out") = py::none());
+        py::arg("dots") = false, py::arg("y_out") = py::none(), py::arg("drop") = py::none(),
+        py::arg("y_drop") = py::none());
   bind_step<float>(m, "StepPlan_f32");
   bind_step<double>(m, "StepPlan_f64");
   m.def("step_plan", [](const py::sequence& layers, double clip, bool input_forget,

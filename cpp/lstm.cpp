@@ -594,11 +594,13 @@ EIGEN_ALWAYS_INLINE void project_panel(Index B, Index H, Index R, Index u0, cons
 // goes in blocks of kKC, and each block of A (kMC x kKC, in L2) serves every panel of the
 // group. C carries the sums between k-blocks; every output sums its k in order, whatever the
 // split. With c2, the panels of a second B [K, N2] follow B's in bpk, and C2[M, N2] = A B2
-// goes to c2 (ldc2): one pass over A serves both products.
+// goes to c2 (ldc2): one pass over A serves both products. With add, C += A B (C's sums start
+// from it; C2 is still set).
 template <typename S>
 void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam,
                const S* bpk, S* c, Index ldc, bool a_rows = true, S* ap = nullptr,
-               const Index* crow = nullptr, S* c2 = nullptr, Index N2 = 0, Index ldc2 = 0) {
+               const Index* crow = nullptr, S* c2 = nullptr, Index N2 = 0, Index ldc2 = 0,
+               bool add = false) {
   using P = Pk<S>;
   constexpr Index V = kV<S>, W = 4 * V;
   const Index np1 = panel_count<S>(Panels::Plain, N);
@@ -642,7 +644,8 @@ void gemm_part(int tid, int nt, Index M, Index N, Index K, const S* a, Index sam
               ar[r] = a_rows ? a + (m + r) * sam + k0 : ap + (m - m0 + r);
 #pragma GCC unroll 4
               for (int q = 0; q < 4; ++q)
-                acc[r][q] = k0 && nv[q] ? load(crow_(m + r) + n0 + q * V, nv[q]) : ei::pzero(P());
+                acc[r][q] = (k0 || (add && first)) && nv[q] ? load(crow_(m + r) + n0 + q * V, nv[q])
+                                                            : ei::pzero(P());
             }
             microkernel<S, R>(kb, ar, a_rows ? 1 : kMC, bpk + (p * K + k0) * W, acc);
 #pragma GCC unroll 8
@@ -799,7 +802,9 @@ EIGEN_ALWAYS_INLINE void emit_h(const Dims& d, const Seq& q, const Options<S>& o
     const Pk<S> z = zoneout<S>(opt, kZoneoutH, cache != nullptr, opt.zoneout_h, s, d.B, b, R, j0, nv);
     h = ei::padd(ei::pmul(z, load(hp + j0, nv)), ei::pmul(ei::psub(ei::pset1<Pk<S>>(1), z), h));
   }
-  store(y + q.row[pos] * d.y_stride() + j0, h, nv);
+  const Index yr = q.row[pos] * d.y_stride() + j0;  // the row of y, drop and y_drop
+  store(y + yr, h, nv);
+  if (opt.y_drop) store(opt.y_drop + yr, ei::pmul(h, load(opt.drop + yr, nv)), nv);
   if (cache && s + 1 < d.T && k < q.n[s + 1])
     store(cache->hprev.data() + (q.off[s + 1] + k) * R + j0,
           md.size() ? ei::pmul(h, load(md.data() + b * R + j0, nv)) : h, nv);
@@ -822,7 +827,11 @@ EIGEN_ALWAYS_INLINE Pk<S> dh_new(const Cache<S>& cache, const Mat<S>& md, const 
     return dh;
   }
   const Index pos = q.off[s] + k;
-  if (dy) dh = ei::padd(dh, load(dy + q.row[pos] * cache.d.y_stride() + j, n));
+  if (dy) {  // (the gradient of y * drop, with dropout after the pass)
+    const Index yr = q.row[pos] * cache.d.y_stride() + j;
+    const Pk<S> g = load(dy + yr, n);
+    dh = ei::padd(dh, opt.drop ? ei::pmul(g, load(opt.drop + yr, n)) : g);
+  }
   if (opt.zoneout_h > 0) {  // h_t = z h_{t-1} + (1 - z) h_new
     const Pk<S> z = zoneout<S>(opt, kZoneoutH, true, opt.zoneout_h, s, cache.d.B, b, R, j, n);
     store(dhs.data() + k * R + j, ei::pmul(z, dh), n);
@@ -960,6 +969,7 @@ Cache<S>::Cache(const Dims& dims, const Options<S>& o)
   opt.peephole = o.peephole ? peep.data() : nullptr;
   opt.ln = o.ln ? ln.data() : nullptr;
   opt.w_hr = dims.P ? w_hr.data() : nullptr;
+  opt.y_drop = nullptr;  // (the forward's output; drop stays: backward reads it)
 }
 
 template <typename S>
@@ -1146,14 +1156,17 @@ void end_forward(const Dims& d, const Seq& q, const S* y, S* h_n, S* c_n, const 
 //   dx = dG W_ih   dW_ih = dG^T x   dW_hh = dG^T hprev   db = column sums of dG.
 // (With layer norm the fast version takes dGx = dL/d(x W_ih^T) for dx and dW_ih, dGh for dW_hh,
 // and dG = dL/dz for db.)
-// dx goes to the layout of x (its padding is set to 0 first).
+// dx goes to the layout of x (its padding is set to 0 first), or with dx_add is added to it.
 // The naive version: Eigen, one thread.
 template <typename S>
-void weight_grads_naive(const Cache<S>& cache, const PoolMat<S>& dG, S* dx, S* dw_ih, S* dw_hh,
-                        S* db) {
+void weight_grads_naive(const Cache<S>& cache, const PoolMat<S>& dG, S* dx, bool dx_add,
+                        S* dw_ih, S* dw_hh, S* db) {
   const Index I = cache.d.I, H = cache.d.H, G = 4 * H;
   const Mat<S> dxp = dG * unpack(cache.w_ih, G, I);  // [N, I]
-  for (Index p = 0; p < cache.seq.N; ++p) Map<S>(dx + cache.seq.row[p] * I, 1, I) = dxp.row(p);
+  for (Index p = 0; p < cache.seq.N; ++p) {
+    Map<S> row(dx + cache.seq.row[p] * I, 1, I);
+    if (dx_add) row += dxp.row(p); else row = dxp.row(p);
+  }
   Map<S>(dw_ih, G, I).noalias() = dG.transpose() * cache.x;
   Map<S>(dw_hh, G, H).noalias() = dG.transpose() * cache.hprev;
   Map<S>(db, 1, G) = dG.colwise().sum();
@@ -1166,7 +1179,7 @@ void weight_grads_naive(const Cache<S>& cache, const PoolMat<S>& dG, S* dx, S* d
 template <typename S>
 void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx,
                        const PoolMat<S>& dGh, const PoolMat<S>& dG, const PoolMat<S>& dhn, S* dx,
-                       S* dw_ih, S* dw_hh, S* db, S* dw_hr) {
+                       bool dx_add, S* dw_ih, S* dw_hh, S* db, S* dw_hr) {
   constexpr Index W = 4 * kV<S>;
   const Index N = cache.seq.N, I = cache.d.I, H = cache.d.H, G = 4 * H, R = cache.d.R();
   const Index npi = panel_count<S>(Panels::Plain, I), npr = panel_count<S>(Panels::Plain, R);
@@ -1214,14 +1227,18 @@ void weight_grads_fast(int threads, const Cache<S>& cache, const PoolMat<S>& dGx
       product(I, N, G, wi, W, false, dgx, 1, G, tr.data(), nullptr);  // dx^T = W_ih^T dG^T
       share(N, nt, tid, a, b);  // (the next product's first barrier ends these reads of tr)
       for (Index n = a; n < b; ++n)
-        for (Index i = 0; i < I; ++i) dx[cache.seq.row[n] * I + i] = tr.data()[i * N + n];
+        for (Index i = 0; i < I; ++i) {
+          S& o = dx[cache.seq.row[n] * I + i];
+          o = dx_add ? o + tr.data()[i * N + n] : tr.data()[i * N + n];
+        }
       product(I, G, N, x, I, false, dgx, G, 1, tr.data(), nullptr);  // dW_ih^T = x^T dG
       share(G, nt, tid, a, b);
       for (Index g = a; g < b; ++g)
         for (Index i = 0; i < I; ++i) dw_ih[g * I + i] = tr.data()[i * G + g];
     } else {
       err.run([&] {  // dx = dG W_ih (packed already)
-        gemm_part<S>(tid, nt, N, I, G, dgx, G, wi, dx, I, true, ap.data(), cache.seq.row.data());
+        gemm_part<S>(tid, nt, N, I, G, dgx, G, wi, dx, I, true, ap.data(), cache.seq.row.data(),
+                     nullptr, 0, 0, dx_add);
       });
       if (fuse)  // dW_ih = dG^T x and dW_hh = dG^T hprev, in one pass over dG
         product(G, I, N, dgx, G, false, x, I, 1, dw_ih, nullptr, R, cache.hprev.data(), dw_hh);
@@ -2142,7 +2159,7 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
     if (dh_n) dhs.row(e) = CMap<S>(dh_n + b * R, 1, R); else dhs.row(e).setZero();
     if (dc_n) dcs.row(e) = CMap<S>(dc_n + b * H, 1, H); else dcs.row(e).setZero();
   }
-  if (N < d.T * B || H == 0) Map<S>(g.dx, d.T * B, I).setZero();  // the padding
+  if ((N < d.T * B || H == 0) && !g.dx_add) Map<S>(g.dx, d.T * B, I).setZero();  // the padding
   if (g.dpeep) Map<S>(g.dpeep, 3, H).setZero();
   if (g.dln) Map<S>(g.dln, 1, 10 * H).setZero();
   if (N == 0 || H == 0) {
@@ -2154,15 +2171,17 @@ void lstm_backward(Kernel k, int threads, const Cache<S>& cache, const S* dy, co
     PoolMat<S> dhn(d.P ? N : 0, R);  // [N, P] dL/dh_new, with a projection
     if (k == Kernel::Naive) {
       backward_naive(cache, dy, dhs, dcs, dG);
-      weight_grads_naive(cache, dG, g.dx, g.dw_ih, g.dw_hh, g.db);
+      weight_grads_naive(cache, dG, g.dx, g.dx_add, g.dw_ih, g.dw_hh, g.db);
     } else if (cache.opt.ln) {
       if (!g.dln) throw std::invalid_argument("dln: required with layer norm");
       PoolMat<S> dGx(N, G), dGh(N, G), dch(N, H);  // dL/d(x W_ih^T), dL/d(h W_hh^T), dL/dLN(c_t)
       backward_ln(threads, cache, dy, dhs, dcs, dG, dGx, dGh, dch, dhn, g.dpeep, g.dln);
-      weight_grads_fast(threads, cache, dGx, dGh, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
+      weight_grads_fast(threads, cache, dGx, dGh, dG, dhn, g.dx, g.dx_add, g.dw_ih, g.dw_hh, g.db,
+                        g.dw_hr);
     } else {
       backward_fast(threads, cache, dy, dhs, dcs, dG, g.dpeep, dhn);
-      weight_grads_fast(threads, cache, dG, dG, dG, dhn, g.dx, g.dw_ih, g.dw_hh, g.db, g.dw_hr);
+      weight_grads_fast(threads, cache, dG, dG, dG, dhn, g.dx, g.dx_add, g.dw_ih, g.dw_hh, g.db,
+                        g.dw_hr);
     }
   }
   for (Index e = 0; e < B; ++e) {

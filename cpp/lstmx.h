@@ -33,6 +33,8 @@
 //   ln            layer normalisation (Haste's LayerNormLSTM; eps 1e-5, biased variance):
 //                 z = LN(x W_ih^T) gain_x + LN(h_{t-1} W_hh^T) gain_h + b, each LN over the 4H
 //                 values of one token; r = o * tanh(LN(c_t) gain_c + bias_c), LN over H.
+//   drop, y_drop  (training) the output's between-layer dropout, fused: y_drop = y * drop, and
+//                 backward's dy (the gradient of y_drop) is multiplied by drop as it is read.
 // Masks come from a counter-based hash of (seed, stream, step, user batch index, unit), so they
 // need no memory, are the same for any thread count, and the NumPy reference draws the same
 // ones (reference.uniform): stream + 0 zoneout on c, + 1 zoneout on h, + 2 recurrent dropout.
@@ -237,9 +239,15 @@ struct Options {
   // Layer-norm inference of one step (T = 1) without packed weights: the products as dot
   // products of the weights as they are, not packed panels (LSTM.step; other rounding).
   bool dots = false;
+  // Dropout on this pass's output (between layers, training; lstmx.LSTM), fused: drop is the
+  // mask, laid out as y (rows Dims::y_stride() apart). The forward also writes y * drop into
+  // y_drop (the next layer's input, laid out as y); the backward takes dy as the gradient of
+  // y_drop and multiplies it by drop as it reads it. The caller keeps drop alive until then.
+  const S* drop = nullptr;
+  S* y_drop = nullptr;
   bool plain() const {
     return !peephole && clip == 0 && !input_forget && zoneout_h == 0 && zoneout_c == 0 &&
-           recurrent_dropout == 0 && !ln;
+           recurrent_dropout == 0 && !ln && !drop;
   }
 };
 
@@ -335,6 +343,7 @@ struct Grads {
   S* dpeep;  // [3, H] or nullptr
   S* dw_hr;  // [P, H] or nullptr
   S* dln = nullptr;  // [10H] (gain_x, gain_h, gain_c, bias_c) or nullptr
+  bool dx_add = false;  // dx += this pass's (a bidirectional layer's second pass), not dx =
 };
 
 // dy (layout of x) or nullptr; dh_n [B, R], dc_n [B, H] or nullptr (zeros). The reverse loop

@@ -186,6 +186,87 @@ def test_core_y_out_misuse() -> None:
         _core.backward(cache, np.zeros((4, 3, 12), np.float32), None, None, False)
 
 
+def test_core_drop_misuse() -> None:
+    """_core.forward's fused dropout after a pass (drop, y_drop: laid out as y, training only):
+    bad ones get a clear error; good ones give y * drop, and backward dy * drop."""
+    c = case()  # T, B, H = 4, 3, 6
+    args = (c["x"], c["w_ih"], c["w_hh"], None, c["h0"], c["c0"], False)
+    mask = np.random.default_rng(1).choice([0.0, 2.0], (4, 3, 6)).astype(np.float32)
+
+    def fwd(drop: Any, y_drop: Any, training: bool = True) -> Any:
+        return _core.forward(*args, training, drop=drop, y_drop=y_drop)
+
+    with pytest.raises(ValueError, match="drop: training only"):
+        fwd(mask, np.zeros_like(mask), training=False)
+    with pytest.raises(TypeError, match="drop: expected a numpy array of float32"):
+        fwd(None, np.zeros_like(mask))
+    with pytest.raises(ValueError, match=r"y_drop: expected shape \(4, 3, 6\), got \(4, 3, 5\)"):
+        fwd(mask, np.zeros((4, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="drop: expected rows 6 elements apart, as y's"):
+        fwd(np.zeros((4, 3, 12), np.float32)[..., :6], np.zeros_like(mask))
+    with pytest.raises(ValueError, match="y_drop: shares memory with drop, y or x"):
+        fwd(mask, mask)
+    base = np.zeros(4 * 3 * 6, np.float32)  # x in the first 60 elements, y_drop over them
+    x = base[:60].reshape(4, 3, 5)
+    x[:] = c["x"]
+    with pytest.raises(ValueError, match="y_drop: shares memory with drop, y or x"):
+        _core.forward(x, *args[1:], True, drop=mask, y_drop=base.reshape(4, 3, 6))
+    y_drop = np.full_like(mask, np.nan)
+    y, *_, cache = fwd(mask, y_drop)
+    np.testing.assert_array_equal(y_drop, y * mask)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    y2, *_, plain = _core.forward(*args, True)
+    np.testing.assert_array_equal(y2, y)
+    for a, b in zip(_core.backward(cache, dy, None, None, False)[:6],
+                    _core.backward(plain, dy * mask, None, None, False)[:6]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_core_dx_add_misuse() -> None:
+    """_core.backward's dx_add (a bidirectional layer's second pass adds its dx into the
+    first's): bad ones get a clear error; a good one gets dx added, padding untouched."""
+    c = case()  # T, B, I = 4, 3, 5
+    cache = _core.forward(c["x"], c["w_ih"], c["w_hh"], None, None, None, False, True,
+                          lengths=np.array([4, 0, 2]))[3]
+    dy = np.random.default_rng(3).standard_normal((4, 3, 6)).astype(np.float32)
+
+    def bwd(dx_add: Any) -> Any:
+        return _core.backward(cache, dy, None, None, False, dx_add=dx_add)
+
+    with pytest.raises(TypeError, match="dx_add: expected a numpy array of float32"):
+        bwd(np.zeros((4, 3, 5)))
+    for bad in (np.zeros((4, 3, 4), np.float32), np.zeros((3, 4, 5), np.float32).swapaxes(0, 1),
+                np.zeros((4, 3, 10), np.float32)[..., ::2]):
+        with pytest.raises(ValueError, match=r"dx_add: expected a writeable, aligned, "
+                                             r"C-contiguous array of shape \(4, 3, 5\)"):
+            bwd(bad)
+    ro = np.zeros((4, 3, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="dx_add: expected a writeable"):
+        bwd(ro)
+    base = np.zeros(4 * 3 * 6, np.float32)
+    with pytest.raises(ValueError, match="dx_add: shares memory with dy"):
+        _core.backward(cache, base.reshape(4, 3, 6), None, None, False,
+                       dx_add=base[:60].reshape(4, 3, 5))
+    first = np.random.default_rng(4).standard_normal((4, 3, 5)).astype(np.float32)
+    expected = first + _core.backward(cache, dy, None, None, False)[0]
+    total = first.copy()
+    assert bwd(total)[0] is total
+    np.testing.assert_allclose(total, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(total[2:, 2], first[2:, 2])  # padding: nothing added
+    np.testing.assert_array_equal(total[:, 1], first[:, 1])
+    rng = np.random.default_rng(5)
+    for I, naive in ((70, False), (70, True), (5, True)):  # dx by a packed GEMM, and naive
+        x = rng.standard_normal((4, 3, I)).astype(np.float32)
+        w_ih = rng.standard_normal((24, I)).astype(np.float32) * 0.2
+        cache = _core.forward(x, w_ih, c["w_hh"], None, None, None, False, True, naive)[3]
+        dx = _core.backward(cache, dy, None, None, naive)[0]
+        first_i = rng.standard_normal((4, 3, I)).astype(np.float32)
+        total = first_i.copy()
+        _core.backward(cache, dy, None, None, naive, dx_add=total)
+        np.testing.assert_allclose(total, first_i + dx, rtol=1e-6, atol=1e-6, err_msg=str(I))
+
+
 @settings(max_examples=100, deadline=None)
 @given(T=st.integers(0, 4), B=st.integers(0, 3), I=st.integers(0, 4), H=st.integers(1, 5),
        dI=st.integers(-1, 1), dH=st.integers(-1, 1), dB=st.integers(-1, 1),

@@ -62,17 +62,21 @@ def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Arr
             input_forget: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
             recurrent_dropout: float = 0.0, seed: int = 0, stream: int = 0,
             layer_norm: tuple[_Array, ...] | None = None, packed: _Packed | None = None,
-            dots: bool = False, y_out: _Array | None = None,
+            dots: bool = False, y_out: _Array | None = None, drop: _Array | None = None,
+            y_drop: _Array | None = None,
             ) -> tuple[_Floats, _Floats, _Floats, Cache_f32 | Cache_f64 | None]:
     """``(y, h_n, c_n, cache)``; ``cache`` is ``None`` unless ``training``. With ``y_out``
-    (rows equally spaced, e.g. a half of a wider array), y goes into it and is returned."""
+    (rows equally spaced, e.g. a half of a wider array), y goes into it and is returned. With
+    ``drop`` (training: a dropout mask laid out as y), ``y * drop`` also goes into ``y_drop``
+    (laid out as y), and backward takes its ``dy`` as the gradient of ``y_drop``."""
 
 # (dx, dh0, dc0, dw_ih, dw_hh, db, dpeephole, dw_hr, dlayer_norm)
 _Grads = tuple[_Floats, _Floats, _Floats, _Floats, _Floats, _Floats, _Floats | None,
                _Floats | None, tuple[_Floats, _Floats, _Floats, _Floats] | None]
 
 def backward(cache: _Cache, dy: _Array | None, dh_n: _Array | None,
-             dc_n: _Array | None, naive: bool = False) -> _Grads:
+             dc_n: _Array | None, naive: bool = False, *, dx_add: _Array | None = None
+             ) -> _Grads:
     """Backpropagate through the forward pass that made ``cache`` (one overload per dtype)."""
 def _activations(x: npt.ArrayLike) -> tuple[_Floats, _Floats]:
     """Test hook: the active kernels' vectorised ``(sigmoid(x), tanh(x))``, elementwise."""

@@ -433,15 +433,19 @@ def _forward(x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike | N
              b_hh: ArrayLike | None, h0: ArrayLike | None, c0: ArrayLike | None,
              batch_first: bool, training: bool, naive: bool = False,
              w_hr: ArrayLike | None = None, y_out: AnyArray | None = None,
+             drop: AnyArray | None = None, y_drop: AnyArray | None = None,
              **variant: Any) -> tuple[Any, ...]:
     """:func:`lstm` (:func:`lstm_train` with ``training``); ``y_out``: write ``y`` into it, a
-    view whose rows lie equally spaced (a pass's half of a bidirectional layer's ``y``)."""
+    view whose rows lie equally spaced (a pass's half of a bidirectional layer's ``y``).
+    ``drop``, ``y_drop`` (training, laid out as ``y``): the dropout after the pass, fused:
+    ``y * drop`` goes into ``y_drop``, and the tape's backward takes ``dy`` for ``y_drop``."""
     a = _check_args(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, training, w_hr=w_hr)
     kw = _variant(a, training, **variant)
     if a.w_hr is not None:
         kw["w_hr"] = a.w_hr
     y, hn, cn, cache = _core.forward(a.x, a.w_ih, a.w_hh, a.bias, a.h0, a.c0,
-                                     bool(batch_first), training, naive, y_out=y_out, **kw)
+                                     bool(batch_first), training, naive, y_out=y_out,
+                                     drop=drop, y_drop=y_drop, **kw)
     tape = Tape(cache, a.has_bias, False, a.x.dtype) if training else None
     return y, hn, cn, tape
 
@@ -501,7 +505,10 @@ def lstm_backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None = Non
 
 
 def _backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None,
-              dc_n: ArrayLike | None, naive: bool = False) -> LSTMGrads:
+              dc_n: ArrayLike | None, naive: bool = False,
+              dx_add: AnyArray | None = None) -> LSTMGrads:
+    """:func:`lstm_backward`; with ``dx_add`` (x's shape, C-contiguous), ``dx`` is added into
+    it, which is returned as ``dx`` (a bidirectional layer's second pass)."""
     t = _check_tape(tape, cell=False)
     c, dt = t._cache, t._dtype
     yshape = (c.B, c.T, c.R) if c.batch_first else (c.T, c.B, c.R)
@@ -511,7 +518,7 @@ def _backward(tape: Tape, dy: ArrayLike | None, dh_n: ArrayLike | None,
     dha = _grad_array("dh_n", dh_n, (c.B, c.R), f"[B, {u}]", dt)
     dca = _grad_array("dc_n", dc_n, (c.B, c.H), "[B, H]", dt)
     _check_memory("tape", c.T * c.B * (4 * c.H + c.I) * dt.itemsize, "backward")
-    return _grads(_core.backward(c, dya, dha, dca, naive), t._has_bias)
+    return _grads(_core.backward(c, dya, dha, dca, naive, dx_add=dx_add), t._has_bias)
 
 
 # ---- single cell step ------------------------------------------------------------------------

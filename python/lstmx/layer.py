@@ -23,7 +23,7 @@ import numpy as np
 from . import _core
 from .functional import (AnyArray, Array, ArrayLike, LSTMGrads, Tape, _c_array, _check_args,
                          _check_clip, _check_lengths, _check_memory, _flag, _float_array,
-                         _forward, _probability, _to_numpy, _uint64, _variant, lstm_backward)
+                         _backward, _forward, _probability, _to_numpy, _uint64, _variant)
 
 __all__ = ["LSTM", "FrozenLSTM", "LayerTape", "StreamState", "load", "FORMAT_VERSION"]
 
@@ -381,9 +381,17 @@ class LSTM:
             # Both directions write into their halves of one y: no concatenation after.
             both = None if D == 1 else np.empty((B, T, D * R) if self.batch_first
                                                 else (T, B, D * R), self.dtype)
+            # Dropout before the next layer, fused into the passes: each also writes its half
+            # of y * mask into dropped (and backward multiplies dy by the mask as it reads it).
+            mask = self._dropout_mask(mask_seed, k, T, B) \
+                if training and k < L - 1 and self.dropout else None
+            dropped = None if mask is None else np.empty_like(mask)
+            if training and k < L - 1:
+                masks.append(mask)
             for d in range(D):
                 j = k * D + d
                 out = None if both is None else both[..., d * R:(d + 1) * R]
+                cols = slice(d * R, (d + 1) * R)
                 if frozen is not None:  # every argument but x, h0, c0 checked already
                     fp, h0j, c0j = frozen[j], *(None if s is None else _c_array(s[j])
                                                 for s in (h0, c0))
@@ -405,15 +413,12 @@ class LSTM:
                 yd, hn[j], cn[j], tape = _forward(
                     inp, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
                     None if h0 is None else h0[j], None if c0 is None else c0[j],
-                    self.batch_first, training, w_hr=p["weight_hr"], y_out=out, **kw)
+                    self.batch_first, training, w_hr=p["weight_hr"], y_out=out,
+                    drop=None if mask is None else mask[..., cols],
+                    y_drop=None if dropped is None else dropped[..., cols], **kw)
                 if training:
                     tapes.append(tape)
-            inp = yd if both is None else both
-            if training and k < L - 1:
-                mask = self._dropout_mask(mask_seed, k, T, B) if self.dropout else None
-                masks.append(mask)
-                if mask is not None:
-                    inp = inp * mask
+            inp = dropped if dropped is not None else yd if both is None else both
         y = inp
         if unbatched:
             y, hn, cn = (y[0] if self.batch_first else y[:, 0]), hn[:, 0], cn[:, 0]
@@ -421,11 +426,13 @@ class LSTM:
 
     def _dropout_mask(self, seed: int, k: int, T: int, B: int) -> Array:
         """The between-layer dropout mask after layer k, ``[T, B, D * R]`` (``[B, T, ...]``
-        batch_first): 0 with probability ``dropout``, else ``1 / (1 - dropout)``."""
+        batch_first; C-contiguous, laid out as y): 0 with probability ``dropout``, else
+        ``1 / (1 - dropout)``."""
         F, p = self._D * self._R, self.dropout
         u = _core.uniform(seed, 8 * (2 * k) + 3, T * B * F).reshape(T, B, F)  # idx (t*B+b)*F+j
-        mask = np.where(u >= p, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).astype(self.dtype)
-        return mask.swapaxes(0, 1) if self.batch_first else mask
+        if self.batch_first:
+            u = np.ascontiguousarray(u.swapaxes(0, 1))
+        return np.where(u >= p, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).astype(self.dtype)
 
     def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
                  lengths: ArrayLike | None = None) -> tuple[Array, State]:
@@ -482,20 +489,19 @@ class LSTM:
         dh, dc = (self._state(n, s, B, unbatched) for n, s in (("dh_n", dh_n), ("dc_n", dc_n)))
         dh0, dc0 = np.empty((L * D, B, R), self.dtype), np.empty((L * D, B, H), self.dtype)
         grads: dict[str, Array] = {}
+        dx = np.empty(0, self.dtype)
         for k in reversed(range(L)):
-            dxs = []
             for d in range(D):
                 j = k * D + d
                 dyd = None if dy is None else dy[..., d * R:(d + 1) * R]
-                g = lstm_backward(tape._tapes[j], dyd, None if dh is None else dh[j],
-                                  None if dc is None else dc[j])
-                dxs.append(g.dx)
+                # both directions read the same input: the second adds its dx to the first's
+                g = _backward(tape._tapes[j], dyd, None if dh is None else dh[j],
+                              None if dc is None else dc[j], dx_add=dx if d else None)
+                dx = g.dx
                 dh0[j], dc0[j] = g.dh0, g.dc0
                 grads.update(self._pass_grads(k, d, g))
-            dx = dxs[0] if D == 1 else dxs[0] + dxs[1]  # both directions read the same input
-            if k:  # the gradient of layer k - 1's output, through the dropout mask
-                mask = tape._masks[k - 1]
-                dy = dx if mask is None else dx * mask
+            # the gradient of layer k - 1's output (its passes apply the dropout mask to it)
+            dy = dx
         if unbatched:
             dx, dh0, dc0 = dx.reshape(T, self.input_size), dh0[:, 0], dc0[:, 0]
         return dx, (dh0, dc0), {name: grads[name] for name in self._shapes}
