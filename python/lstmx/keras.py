@@ -37,7 +37,9 @@ def from_keras(kernel: ArrayLike, recurrent_kernel: ArrayLike, bias: ArrayLike |
     ``bias=False``). ``layer_kwargs`` go to :class:`lstmx.LSTM` (e.g. ``batch_first=True``
     as Keras's inputs ``[B, T, I]``, ``reverse=True`` for ``go_backwards``, ``dtype``: by
     default the kernel's); lstmx-only parameters (peepholes, layer norm) keep their initial
-    values.
+    values. With ``reverse=True`` the outputs stay at their time positions (ONNX's placement):
+    Keras's ``go_backwards`` sequence output is lstmx's ``y`` reversed in time (``y[:, ::-1]``
+    batch-first); the final states are the same.
     """
     dt, src = _call_dtype(("kernel", kernel), ("recurrent_kernel", recurrent_kernel))
     k = _float_array("kernel", kernel, dt, src)
