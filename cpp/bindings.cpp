@@ -304,6 +304,27 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
   const S* pc0 = in_ptr<S>(c0, "c0", {d.B, d.H});
   std::vector<S> ln;
   lstmx::Options<S> opt = options<S>(v, d, ln);
+  // The inputs' bytes [a, b), which no output given by the caller may share: the kernels read
+  // them while they write y (and y_drop).
+  using Span = std::pair<const char*, const char*>;
+  const auto span = [](const void* p, Index bytes) {
+    const auto* a = static_cast<const char*>(p);
+    return Span{a, a ? a + bytes : a};
+  };
+  const Index e = sizeof(S);
+  const auto rows = [&](const py::object& o, Index ys) {  // a y-shaped array, rows ys apart
+    return span(py::reinterpret_borrow<py::array>(o).data(),
+                d.T * d.B ? ((d.T * d.B - 1) * ys + R) * e : 0);
+  };
+  std::vector<Span> inputs = {
+      span(px, d.T * d.B * d.I * e), span(pwih, 4 * d.H * d.I * e), span(pwhh, 4 * d.H * R * e),
+      span(pb, 4 * d.H * e), span(ph0, d.B * R * e), span(pc0, d.B * d.H * e),
+      span(opt.peephole, 3 * d.H * e), span(opt.w_hr, d.P * d.H * e),
+      span(opt.lengths, d.B * Index(sizeof(std::int64_t)))};
+  const auto check_apart = [&](const Span& o, const char* what) {
+    for (const auto& [a, b] : inputs)
+      if (a && o.first < b && a < o.second) throw py::value_error(what);
+  };
   py::array y;  // into y_out when given: rows d.ldy apart
   if (y_out.is_none()) {
     y = out<S>({x.shape(0), x.shape(1), R});
@@ -311,19 +332,7 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
     const Index ys = row_stride<S>(y_out, "y_out", x.shape(0), x.shape(1), R, true);
     d.ldy = ys == R ? 0 : ys;
     y = py::reinterpret_borrow<py::array>(y_out);
-    // No input may share memory with it: the kernels read them while they write y.
-    const auto* y0 = static_cast<const char*>(y.data());
-    const auto* y1 = y0 + (d.T * d.B ? ((d.T * d.B - 1) * ys + R) * Index(sizeof(S)) : 0);
-    const auto in = [](const void* p, Index bytes) {  // an input's bytes [a, a + bytes)
-      return std::pair{static_cast<const char*>(p), bytes};
-    };
-    const Index e = sizeof(S);
-    for (const auto& [a, n] :
-         {in(px, d.T * d.B * d.I * e), in(pwih, 4 * d.H * d.I * e), in(pwhh, 4 * d.H * R * e),
-          in(pb, 4 * d.H * e), in(ph0, d.B * R * e), in(pc0, d.B * d.H * e),
-          in(opt.peephole, 3 * d.H * e), in(opt.w_hr, d.P * d.H * e),
-          in(opt.lengths, d.B * Index(sizeof(std::int64_t)))})
-      if (a && y0 < a + n && a < y1) throw py::value_error("y_out: shares memory with an input");
+    check_apart(rows(y, ys), "y_out: shares memory with an input");
   }
   if (!v.drop.is_none() || !v.y_drop.is_none()) {  // dropout after the pass: both, laid out as y
     if (!training) throw py::value_error("drop: training only");
@@ -332,14 +341,10 @@ py::tuple forward(const py::array& x, const py::array& w_ih, const py::array& w_
       if (row_stride<S>(*o, name, x.shape(0), x.shape(1), R, w) != ys)
         throw py::value_error(std::string(name) + ": expected rows " + std::to_string(ys) +
                               " elements apart, as y's");
-    const auto bytes = [&](const py::object& o) {  // [first, last) byte of a y-shaped array
-      const auto* a = static_cast<const char*>(py::reinterpret_borrow<py::array>(o).data());
-      return std::pair{a, a + (d.T * d.B ? ((d.T * d.B - 1) * ys + R) * Index(sizeof(S)) : 0)};
-    };
-    const auto [z0, z1] = bytes(v.y_drop);
-    const auto* xb = reinterpret_cast<const char*>(px);
-    for (const auto& [a0, a1] : {bytes(v.drop), bytes(y), std::pair{xb, xb + x.nbytes()}})
-      if (z0 < a1 && a0 < z1) throw py::value_error("y_drop: shares memory with drop, y or x");
+    inputs.push_back(rows(v.drop, ys));  // read as y is written
+    check_apart(rows(y, ys), "drop: shares memory with y");
+    inputs.push_back(rows(y, ys));
+    check_apart(rows(v.y_drop, ys), "y_drop: shares memory with y or an input");
     opt.drop = static_cast<const S*>(py::reinterpret_borrow<py::array>(v.drop).data());
     opt.y_drop = static_cast<S*>(py::reinterpret_borrow<py::array>(v.y_drop).mutable_data());
   }

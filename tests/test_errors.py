@@ -204,13 +204,20 @@ def test_core_drop_misuse() -> None:
         fwd(mask, np.zeros((4, 3, 5), np.float32))
     with pytest.raises(ValueError, match="drop: expected rows 6 elements apart, as y's"):
         fwd(np.zeros((4, 3, 12), np.float32)[..., :6], np.zeros_like(mask))
-    with pytest.raises(ValueError, match="y_drop: shares memory with drop, y or x"):
+    with pytest.raises(ValueError, match="y_drop: shares memory with y or an input"):
         fwd(mask, mask)
     base = np.zeros(4 * 3 * 6, np.float32)  # x in the first 60 elements, y_drop over them
     x = base[:60].reshape(4, 3, 5)
     x[:] = c["x"]
-    with pytest.raises(ValueError, match="y_drop: shares memory with drop, y or x"):
+    with pytest.raises(ValueError, match="y_drop: shares memory with y or an input"):
         _core.forward(x, *args[1:], True, drop=mask, y_drop=base.reshape(4, 3, 6))
+    w_hh = c["w_hh"].copy()  # [24, 6]: y_drop over its second half
+    with pytest.raises(ValueError, match="y_drop: shares memory with y or an input"):
+        _core.forward(c["x"], c["w_ih"], w_hh, None, None, None, False, True, drop=mask,
+                      y_drop=w_hh[12:].reshape(4, 3, 6))
+    out = np.zeros((4, 3, 6), np.float32)
+    with pytest.raises(ValueError, match="drop: shares memory with y"):
+        _core.forward(*args, True, y_out=out, drop=out, y_drop=np.zeros_like(mask))
     y_drop = np.full_like(mask, np.nan)
     y, *_, cache = fwd(mask, y_drop)
     np.testing.assert_array_equal(y_drop, y * mask)
