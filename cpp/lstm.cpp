@@ -1375,7 +1375,7 @@ void forward_fast(int threads, const Dims& d, const Seq& q, const Options<S>& op
   // (inference only).
   // With one chunk, each panel of W_ih^T is read once: unless it came packed, it is packed
   // just before its projection (fly) into a one-panel buffer that stays in L2, rather than all
-  // into [np, I, 4V] first, out to L3 or memory and back (b1-h128 3% faster, b4-h1024 1%).
+  // into [np, I, 4V] first, out to L3 or memory and back (b1-h128, b4-h1024: 2% faster).
   // With more chunks, packing every panel again for each was 2% slower (b16-h512, b32-h256).
   const bool fly = !packed && ch.count == 1;
   const Weights<S> pw(d, packed, true, !fly);

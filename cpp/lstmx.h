@@ -58,8 +58,10 @@
 //   backward: W_hh comes from the cache in panels of 4V hidden units (K = 4H), packed there by
 //             the forward's threads (and W_ih likewise, for dx) in place of a plain copy; each
 //             reverse step runs dG_{t+1} W_hh for the thread's units (at small R, with fewer
-//             panels than threads: its rows) and the cell backward on the tile. After the loop, dx = dG W_ih, dW_ih = dG^T x and dW_hh = dG^T hprev are
-//             packed GEMMs on the same microkernel, and db sums dG's rows.
+//             panels than threads: its rows) and the cell backward on the tile. After the
+//             loop, dx = dG W_ih (or dx += it: Grads::dx_add), dW_ih = dG^T x and
+//             dW_hh = dG^T hprev are packed GEMMs on the same microkernel, and db sums dG's
+//             rows.
 //   projection: after the cell, a barrier, then h_t = r_t W_hr^T over panels of 4V units of P
 //             (W_hr^T packed once); backward mirrors it (dr = dh_new W_hr, dW_hr = dh_new^T r).
 //   layer norm: the statistics need whole rows, so each thread owns blocks of kMR entries
