@@ -389,9 +389,8 @@ class LSTM:
             if training and k < L - 1:
                 masks.append(mask)
             for d in range(D):
-                j = k * D + d
-                out = None if both is None else both[..., d * R:(d + 1) * R]
-                cols = slice(d * R, (d + 1) * R)
+                j, cols = k * D + d, slice(d * R, (d + 1) * R)
+                out = None if both is None else both[..., cols]
                 if frozen is not None:  # every argument but x, h0, c0 checked already
                     fp, h0j, c0j = frozen[j], *(None if s is None else _c_array(s[j])
                                                 for s in (h0, c0))
