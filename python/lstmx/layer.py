@@ -429,9 +429,8 @@ class LSTM:
         ``1 / (1 - dropout)``."""
         F, p = self._D * self._R, self.dropout
         u = _core.uniform(seed, 8 * (2 * k) + 3, T * B * F).reshape(T, B, F)  # idx (t*B+b)*F+j
-        if self.batch_first:
-            u = np.ascontiguousarray(u.swapaxes(0, 1))
-        return np.where(u >= p, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).astype(self.dtype)
+        mask = np.where(u >= p, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).astype(self.dtype)
+        return np.ascontiguousarray(mask.swapaxes(0, 1)) if self.batch_first else mask
 
     def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
                  lengths: ArrayLike | None = None) -> tuple[Array, State]:
