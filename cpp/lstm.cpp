@@ -2218,6 +2218,10 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
     share(ceil_div(d.P, W), nt, tid, q0, q1);  // or its packed panels of 4V units
     Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' tiles
     err.run([&] { z.resize(B * W), part.resize(B * W); });
+    // Every other call visits this thread's blocks last to first: what the last call read
+    // last is still in L2 and is read first (a cyclic scan of more than L2 would miss it all).
+    static thread_local unsigned calls = 0;
+    const bool down = ++calls % 2;
     for (Index k = 0; k < L; ++k) {
       Dims dk = d;
       dk.I = k ? R : d.I;
@@ -2250,7 +2254,8 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
       };
       const StepLayer<S>& l = layers[k];
       err.run([&] {
-        for (Index blk = b0; blk < b1; ++blk) {
+        for (Index i = b0; i < b1; ++i) {
+          const Index blk = down ? b1 - 1 - (i - b0) : i;
           const Index j0 = blk * V, nv = std::min(V, H - j0);
           if (l.packed) {  // panel blk: x W_ih^T + b into z, then + h W_hh^T and the cell
             panel_rows<S>(
