@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <memory>
@@ -565,6 +567,124 @@ EIGEN_ALWAYS_INLINE void panel_rows(Index B, Index K, const S* bp, ARow&& a_row,
   }
 }
 
+// ---- float16 panels (Packed::half, read by lstm_step) -----------------------------------------
+// The float16 bits of f if f is a float16 value (a NaN: a quiet NaN), else -1.
+inline int to_half(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const int sign = int(u >> 16) & 0x8000;
+  const std::uint32_t a = u & 0x7fffffffu, m = a & 0x7fffffu;
+  const int e = int(a >> 23) - 127;  // the exponent
+  if (a > 0x7f800000u) return sign | 0x7e00;
+  if (a == 0x7f800000u) return sign | 0x7c00;
+  if (a == 0) return sign;
+  if (e > 15 || e < -24) return -1;
+  if (e >= -14) return m & 0x1fff ? -1 : sign | (e + 15) << 10 | int(m >> 13);
+  const std::uint32_t full = m | 0x800000u;  // below 2^-14: full * 2^(e + 1) units of 2^-24
+  const int shift = -(e + 1);
+  return full & ((1u << shift) - 1) ? -1 : sign | int(full >> shift);
+}
+
+inline float from_half(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  std::uint32_t u = sign | (e == 31 ? 0x7f800000u | m << 13 : (e + 112) << 23 | m << 13);
+  if (e == 0) {  // zero or subnormal: m * 2^-24, a float32 normal
+    const float v = float(m) * 5.9604644775390625e-8f;
+    std::memcpy(&u, &v, 4);
+    u |= sign;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Groups of lanes for panel_rows_half: with AVX-512, 8 (a 256-bit vcvtph2ps ran at 1.4 times
+// the rate of two of them and an insert into 512 bits on the Zen 4 VM); else the float packet.
+#if defined(__AVX512F__) && defined(__F16C__)
+struct HalfLanes {
+  using G = __m256;
+  static constexpr int n = 8;
+  static G load(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static G ld(const float* p) { return _mm256_load_ps(p); }
+  static void st(float* p, G v) { _mm256_store_ps(p, v); }
+  static G set1(float a) { return _mm256_set1_ps(a); }
+  static G madd(G a, G b, G c) { return _mm256_fmadd_ps(a, b, c); }  // as pmadd: fused
+  static G add(G a, G b) { return _mm256_add_ps(a, b); }
+};
+#else
+struct HalfLanes {
+  using G = Pk<float>;
+  static constexpr int n = int(kV<float>);
+  static G load(const std::uint16_t* p) {
+#if defined(__F16C__)
+    if constexpr (n == 8)
+      return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+#endif
+    alignas(64) float f[n];
+    for (int i = 0; i < n; ++i) f[i] = from_half(p[i]);
+    return ei::pload<G>(f);
+  }
+  static G ld(const float* p) { return ei::pload<G>(p); }
+  static void st(float* p, G v) { ei::pstore(p, v); }
+  static G set1(float a) { return ei::pset1<G>(a); }
+  static G madd(G a, G b, G c) { return ei::pmadd(a, b, c); }
+  static G add(G a, G b) { return ei::padd(a, b); }
+};
+#endif
+
+// panel_rows (float) on a float16 panel bp [K, 4V] of Packed::half: every lane's sum runs in
+// microkernel's order (a one-row tile of tile_rows sums even and odd k apart, then adds the
+// two and the last k; other rows in k order), so the results are bitwise those of panel_rows
+// on the float32 panel of the same values. At B = 1 a step reads half the bytes.
+template <typename ARow, typename Init, typename Done>
+EIGEN_ALWAYS_INLINE void panel_rows_half(Index B, Index K, const std::uint16_t* bp, ARow&& a_row,
+                                         Init&& init, Done&& done, float* part) {
+  using L = HalfLanes;
+  using G = L::G;
+  constexpr Index V = kV<float>, W = 4 * V;
+  constexpr int NG = int(W) / L::n;  // groups of lanes in a row of the panel
+  for (Index b = 0; b < B; ++b)
+    for (int q = 0; q < 4; ++q) ei::pstore(part + b * W + q * V, init(b, q));
+  for (Index b0 = 0, rt; b0 < B; b0 += rt) {
+    rt = tile_rows(B - b0);
+    for (Index r = b0; r < b0 + rt; ++r) {  // a row at a time: the same sums as in a tile
+      const float* a = a_row(r);
+      float* c = part + r * W;
+      G acc[NG], odd[NG];
+#pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) acc[g] = L::ld(c + g * L::n), odd[g] = L::set1(0.f);
+      Index k = 0;
+      if (rt == 1) {
+        for (; k + 1 < K; k += 2) {
+          const G a0 = L::set1(a[k]), a1 = L::set1(a[k + 1]);
+          const std::uint16_t* w = bp + k * W;
+#pragma GCC unroll 8
+          for (int g = 0; g < NG; ++g) {
+            acc[g] = L::madd(a0, L::load(w + g * L::n), acc[g]);
+            odd[g] = L::madd(a1, L::load(w + W + g * L::n), odd[g]);
+          }
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; ++g) acc[g] = L::add(acc[g], odd[g]);
+      }
+      for (; k < K; ++k) {
+        const G ak = L::set1(a[k]);
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; ++g) acc[g] = L::madd(ak, L::load(bp + k * W + g * L::n), acc[g]);
+      }
+#pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) L::st(c + g * L::n, acc[g]);
+    }
+  }
+  for (Index b = 0; b < B; ++b) {
+    const float* pb = part + b * W;
+    done(b, ei::pload<Pk<float>>(pb), ei::pload<Pk<float>>(pb + V),
+         ei::pload<Pk<float>>(pb + 2 * V), ei::pload<Pk<float>>(pb + 3 * V));
+  }
+}
+
 // The projection h = r W_hr^T of one panel (Plain, K = H): units [u0, u0 + 4V) of the R = P,
 // for rows [0, B) with r's row b at a_row(b); emit(b, j0, nv, h) for each vector of units
 // [j0, j0 + nv) that exists.
@@ -1044,9 +1164,10 @@ void pack_backward(const Cache<S>& cache, Index h0, Index h1, S* whr) {
 template <typename S>
 struct Packed {
   Index I, H, P;
-  std::size_t cap[3] = {};
+  std::size_t cap[5] = {};
   S* w[3] = {};  // wi, wh, whr as pack_forward writes them, on huge pages
-  explicit Packed(const Dims& d) : I(d.I), H(d.H), P(d.P) {
+  std::uint16_t* half[2] = {};  // wi, wh in float16 (same layout), if made with half
+  Packed(const Dims& d, bool with_half) : I(d.I), H(d.H), P(d.P) {
     constexpr Index W = 4 * kV<S>;
     const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
     const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
@@ -1054,6 +1175,8 @@ struct Packed {
     try {
       for (int k = 0; k < 3; ++k)
         w[k] = static_cast<S*>(alloc_block(std::size_t(n[k]) * sizeof(S), cap[k]));
+      for (int k = 0; with_half && k < 2; ++k)
+        half[k] = static_cast<std::uint16_t*>(alloc_block(std::size_t(n[k]) * 2, cap[3 + k]));
     } catch (...) {
       release();
       throw;
@@ -1064,6 +1187,7 @@ struct Packed {
   Packed& operator=(const Packed&) = delete;
   void release() {
     for (S*& p : w) std::free(p), p = nullptr;
+    for (std::uint16_t*& p : half) std::free(p), p = nullptr;
   }
 };
 
@@ -2262,8 +2386,16 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
           const Index blk = down ? b1 - 1 - (bi - b0) : bi;
           const Index j0 = blk * V, nv = std::min(V, H - j0);
           if (l.packed) {  // panel blk: x W_ih^T + b into z, then + h W_hh^T and the cell
-            panel_rows<S>(
-                B, dk.I, l.packed->w[0] + blk * dk.I * W,
+            // (from the float16 panels if there are: the same sums, panel_rows_half)
+            auto panel = [&](int m, Index K, auto&& a_row, auto&& init, auto&& done)
+                             __attribute__((always_inline)) {
+              if constexpr (std::is_same_v<S, float>)
+                if (const std::uint16_t* hw = l.packed->half[m])
+                  return panel_rows_half(B, K, hw + blk * K * W, a_row, init, done, part.data());
+              panel_rows<S>(B, K, l.packed->w[m] + blk * K * W, a_row, init, done, part.data());
+            };
+            panel(
+                0, dk.I,
                 [&](Index b) __attribute__((always_inline)) { return xk + b * dk.I; },
                 [&](Index, int g) __attribute__((always_inline)) {
                   return l.b_ih ? ei::padd(load(l.b_ih + g * H + j0, nv),
@@ -2272,18 +2404,16 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
                 },
                 [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                   store_tile(z.data() + b * W, zi, zf, zg, zo);
-                },
-                part.data());
-            panel_rows<S>(
-                B, R, l.packed->w[1] + blk * R * W,
+                });
+            panel(
+                1, R,
                 [&](Index b) __attribute__((always_inline)) { return hk + b * R; },
                 [&](Index b, int g) __attribute__((always_inline)) {
                   return ei::pload<P>(z.data() + b * W + g * V);
                 },
                 [&](Index b, P zi, P zf, P zg, P zo) __attribute__((always_inline)) {
                   cell(b, j0, nv, zi, zf, zg, zo);
-                },
-                part.data());
+                });
             continue;
           }
           step_gates(dk, l, xk, hk, j0, nv, z.data());
@@ -2319,17 +2449,32 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
 // ---- The exported table -------------------------------------------------------------------------
 namespace {
 template <typename S>
-Packed<S>* packed_new(int threads, const Dims& d, const S* w_ih, const S* w_hh, const S* w_hr) {
+Packed<S>* packed_new(int threads, const Dims& d, const S* w_ih, const S* w_hh, const S* w_hr,
+                      bool half) {
   if (d.P && !w_hr) throw std::invalid_argument("w_hr: required when P > 0");
-  auto pk = std::make_unique<Packed<S>>(d);
+  if (half && !std::is_same_v<S, float>)
+    throw std::invalid_argument("half: float16 panels are for float32 weights only");
+  auto pk = std::make_unique<Packed<S>>(d, half);
+  constexpr Index W = 4 * kV<S>;
   const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
   const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
+  std::atomic<bool> inexact{false};
   with_team(threads, np, 2.0 * 4 * d.H * (d.I + d.R()), [&](int tid, int nt, Errors& err) {
     Index p0, p1, r0, r1;
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, r0, r1);
     err.run([&] { pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, pk->w[0], pk->w[1], pk->w[2]); });
+    for (int k = 0; half && k < 2; ++k) {  // this thread's panels, as lstm_step shares them
+      const Index K = k ? d.R() : d.I;
+      for (Index i = p0 * K * W; i < p1 * K * W; ++i) {
+        const int h = to_half(float(pk->w[k][i]));
+        if (h < 0) inexact = true;
+        pk->half[k][i] = std::uint16_t(h < 0 ? 0 : h);
+      }
+    }
   });
+  if (inexact)
+    throw std::invalid_argument("half: w_ih, w_hh hold values that float16 cannot hold exactly");
   return pk.release();
 }
 
@@ -2351,7 +2496,9 @@ KernelTable<S> table() {
           [](Cache<S>* c) { delete c; },
           [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &packed_new<S>,
           [](Packed<S>* p) { delete p; },
-          [](const Packed<S>* p) { return p->cap[0] + p->cap[1] + p->cap[2]; },
+          [](const Packed<S>* p) {
+            return p->cap[0] + p->cap[1] + p->cap[2] + p->cap[3] + p->cap[4];
+          },
           &lstm_backward<S>, &lstm_step<S>, &activations<S>};
 }
 #ifndef LSTMX_ISA_NAME

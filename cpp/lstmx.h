@@ -314,7 +314,9 @@ struct Cache {
 // that they otherwise pack at the start of every call): for inference on fixed weights, as an
 // inference server runs (ONNX Runtime packs at session creation). Opaque; made and freed by the
 // ISA module whose kernels read it (the panel width is the module's SIMD width). The layout
-// does not depend on the thread count.
+// does not depend on the thread count. Made with half (float only), it also holds the panels of
+// W_ih^T and W_hh^T as IEEE float16, which lstm_step reads instead (half the bytes; every
+// weight must be a float16 value, so the results are those of the float32 panels, bitwise).
 template <typename S>
 struct Packed;
 
@@ -376,7 +378,8 @@ struct StepLayer {
 // and computes its gates as dot products, a unit's 4 gate rows against up to 4 batch entries at
 // a time; one barrier per layer (two with a projection). A
 // layer with packed weights (LSTM.freeze) runs the forward kernels' panels instead: one
-// sequential stream of weights per thread, no reductions across lanes.
+// sequential stream of weights per thread, no reductions across lanes; float16 panels where
+// the Packed has them (the same sums in the same order: bitwise the float32 panels' results).
 // Options: clip, input_forget, zoneout_h/c (their expectation); the peepholes
 // come per layer. Layer norm, lengths, reverse and dropout throw std::invalid_argument. The
 // results equal lstm_forward's over T = 1 up to rounding (sums run in another order).
@@ -394,9 +397,11 @@ struct KernelTable {
   std::size_t (*cache_nbytes)(const Cache<S>*);
   void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
                   const S*, const S*, const S*, S*, S*, S*, Cache<S>*, const Packed<S>*);
-  // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] (d.P > 0) packed for d's I, H and P, by threads.
+  // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] (d.P > 0) packed for d's I, H and P, by threads;
+  // half: W_ih^T and W_hh^T in float16 too (std::invalid_argument unless S is float and every
+  // weight of W_ih and W_hh is a float16 value).
   Packed<S>* (*packed_new)(int threads, const Dims& d, const S* w_ih, const S* w_hh,
-                           const S* w_hr);
+                           const S* w_hr, bool half);
   void (*packed_free)(Packed<S>*);
   std::size_t (*packed_nbytes)(const Packed<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, const Grads<S>&);
@@ -406,7 +411,7 @@ struct KernelTable {
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 7;
+constexpr int kBackendAbi = 8;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

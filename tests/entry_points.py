@@ -119,6 +119,12 @@ def _layer_step(dt: np.dtype[Any]) -> dict[str, Any]:
                                             np.stack([c["c0"]] * 2)))
 
 
+def _frozen_step(dt: np.dtype[Any]) -> dict[str, Any]:
+    """FrozenLSTM.step as _layer_step, on float16 panels where the layer is float32."""
+    kw = _layer_step(dt)
+    return dict(kw, self=kw["self"].freeze(np.float16 if dt == np.float32 else None))
+
+
 def _layer_backward(dt: np.dtype[Any]) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     m = _layer(dt)
@@ -228,6 +234,8 @@ ENTRIES = [
           bad=dict(tape=[_other_layer_tape(True), _other_layer_tape(False)])),
     Entry("LSTM.step", lambda self, **k: self.step(**k), _layer_step,
           dict(x="array", state="object"), frozenset({"state"})),
+    Entry("FrozenLSTM.step (float16 weights in float32)", lambda self, **k: self.step(**k),
+          _frozen_step, dict(x="array", state="object"), frozenset({"state"})),
     Entry("LSTM.load_state_dict",
           lambda self, **k: (self.load_state_dict(**k), self.state_dict())[1],
           lambda dt: dict(self=_layer(dt), state=_layer(np.dtype(np.float32), seed=4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import numpy as np
@@ -238,3 +240,84 @@ def test_bad_arguments() -> None:
     m.weight_ih_l0 = np.zeros((12, 5), np.float32)  # a bad replacement is caught
     with pytest.raises(ValueError, match="w_ih: expected shape"):
         m.step(x)
+
+
+def _rounded(m: lstmx.LSTM) -> lstmx.LSTM:
+    """m with its weight matrices rounded to float16 (the snapshot freeze(np.float16) makes)."""
+    r = copy.deepcopy(m)
+    for k, v in r.named_parameters().items():
+        if k.startswith("weight_"):
+            v[...] = v.astype(np.float16)
+    return r
+
+
+HALF_VARIANTS: list[dict[str, Any]] = [
+    {},
+    dict(num_layers=3, peephole=True, clip=0.5),
+    dict(num_layers=2, proj_size=9, input_forget=True, zoneout_h=0.3, zoneout_c=0.2),
+    dict(layer_norm=True, num_layers=2),
+]
+
+
+@pytest.mark.parametrize("kw", HALF_VARIANTS)
+@pytest.mark.parametrize("batch", [1, 2, 7])  # tiles of one row; of two; 6 rows and one
+def test_float16_weights_are_the_rounded_layer_bitwise(isa: str, kw: dict[str, Any],
+                                                       batch: int) -> None:
+    """freeze(np.float16): every result is bitwise that of the layer with its weights rounded
+    to float16 (the step reads float16 panels; the same sums in the same order), and close to
+    the NumPy reference of that layer."""
+    m = lstmx.LSTM(37, 70, seed=3, **kw)
+    m.weight_hh_l0[0, :4] = [3e-7, -6.1e-5, 65504.0, 1e-9]  # float16 subnormals, its max, zero
+    f16 = m.freeze(np.float16)
+    r = _rounded(m)
+    for k, v in r.named_parameters().items():
+        np.testing.assert_array_equal(getattr(f16.layer, k), v, err_msg=k)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, batch, 37)).astype(np.float32)
+    hx = tuple(rng.standard_normal(a.shape).astype(np.float32) for a in m.initial_state(batch))
+    want = r.freeze()
+    ys, state = _stepped(f16, x, hx)
+    ye, se = _stepped(want, x, hx)
+    for got, exp in ((ys, ye), (state.h, se.h), (state.c, se.c)):
+        np.testing.assert_array_equal(got, exp)
+    (y1, (h1, c1)), (y2, (h2, c2)) = f16(x, hx), want(x, hx)
+    for got, exp in ((y1, y2), (h1, h2), (c1, c2)):
+        np.testing.assert_array_equal(got, exp)
+    old = lstmx.get_num_threads()
+    try:
+        for n in (1, 3):  # each unit on one thread, whichever
+            lstmx.set_num_threads(n)
+            np.testing.assert_array_equal(_stepped(f16, x, hx)[0], ys)
+    finally:
+        lstmx.set_num_threads(old)
+    y, _ = r(x, hx)
+    assert_close(ys, y, np.float32, f"step against the sequence at {isa}")
+    assert not np.array_equal(m.weight_ih_l0, f16.layer.weight_ih_l0)  # it did round
+
+
+def test_float16_weights_arguments() -> None:
+    m = lstmx.LSTM(3, 4, seed=0)
+    f = m.freeze("float16")
+    assert f.weight_dtype == np.float16 and f.nbytes > m.freeze().nbytes
+    assert repr(f) == f"FrozenLSTM({m!r}, weight_dtype='float16')"
+    g = pickle.loads(pickle.dumps(f))
+    assert g.weight_dtype == np.float16
+    np.testing.assert_array_equal(g.step(np.ones((1, 3), np.float32))[0],
+                                  f.step(np.ones((1, 3), np.float32))[0])
+    assert m.freeze(np.float32).weight_dtype == np.float32  # the layer's own: as freeze()
+    with pytest.raises(ValueError, match="weight_dtype: expected None, float64 or"):
+        lstmx.LSTM(3, 4, dtype=np.float64).freeze(np.float16)
+    with pytest.raises(ValueError, match="weight_dtype: expected"):
+        m.freeze(np.int8)
+    with pytest.raises(TypeError, match="weight_dtype:"):
+        m.freeze("bfloat17")
+    m.weight_hh_l0[1, 2] = 1e5
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has values beyond float16's range"):
+        m.freeze(np.float16)
+    assert m.weight_hh_l0[1, 2] == 1e5  # the layer itself untouched
+    w = np.full((16, 3), 0.1, np.float32)  # 0.1 is no float16 value
+    with pytest.raises(ValueError, match="half: w_ih, w_hh hold values that float16 cannot"):
+        _core.pack(w, np.zeros((16, 4), np.float32), half=True)
+    with pytest.raises(TypeError, match="half: float16 panels need float32 weights"):
+        _core.pack(w.astype(np.float64), np.zeros((16, 4)), half=True)
+    assert _core.pack(w, np.zeros((16, 4), np.float32)).half is False

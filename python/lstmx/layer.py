@@ -441,12 +441,19 @@ class LSTM:
 
     forward = __call__
 
-    def freeze(self) -> FrozenLSTM:
+    def freeze(self, weight_dtype: type | np.dtype[Any] | str | None = None) -> FrozenLSTM:
         """A snapshot of this layer for inference only, with its weights packed once for the
         kernels (as ONNX Runtime packs them when it creates a session); plain calls pack them
         in every call. Later changes to this layer's parameters do not reach the snapshot:
-        freeze again after them. Costs the parameters' memory once more."""
-        return FrozenLSTM(self)
+        freeze again after them. Costs the parameters' memory once more.
+
+        ``weight_dtype=np.float16`` (float32 layers) rounds the snapshot's weight matrices
+        (``weight_ih``, ``weight_hh``, ``weight_hr``; not biases, peepholes or layer-norm
+        parameters) to the nearest float16 and computes in float32 with them: every result
+        is bitwise that of this layer with its weights so rounded. :meth:`FrozenLSTM.step`
+        then reads them as float16, half the bytes (the faster step at B = 1; see
+        ``docs/variants.md``). ``None`` keeps the layer's dtype."""
+        return FrozenLSTM(self, weight_dtype)
 
     def forward_train(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
                       lengths: ArrayLike | None = None, seed: int | None = None
@@ -690,15 +697,37 @@ class FrozenLSTM:
     ``(y, (h_n, c_n)) = frozen(x, hx=None, lengths=None)`` as the layer's, bitwise, without
     packing the weights in every call or checking them again, and the streaming
     :meth:`step` on the packed weights (the faster one at B = 1). A snapshot: it holds its own
-    copy of the layer. Pickles (packing again on load). The packing belongs to the kernels
-    active when it was made: if they change (``_core.set_isa``), calls raise ``ValueError``
-    until the layer is frozen again."""
+    copy of the layer (``layer``), its weight matrices rounded to float16 with
+    ``weight_dtype=np.float16`` (then the results are bitwise those of that rounded layer).
+    Pickles (packing again on load). The packing belongs to the kernels active when it was
+    made: if they change (``_core.set_isa``), calls raise ``ValueError`` until the layer is
+    frozen again."""
 
-    def __init__(self, layer: LSTM) -> None:
+    def __init__(self, layer: LSTM,
+                 weight_dtype: type | np.dtype[Any] | str | None = None) -> None:
         if not isinstance(layer, LSTM):
             raise TypeError(f"layer: expected an lstmx.LSTM, got {type(layer).__name__}")
+        try:
+            wd = layer.dtype if weight_dtype is None else np.dtype(weight_dtype)
+        except TypeError as e:
+            raise TypeError(f"weight_dtype: {e}") from None
+        if wd != layer.dtype and not (wd == np.float16 and layer.dtype == np.float32):
+            raise ValueError(f"weight_dtype: expected None, {layer.dtype} or (float32 layers) "
+                             f"float16, got {wd}")
+        self.weight_dtype: np.dtype[Any] = wd
         self.layer = copy.deepcopy(layer)
         lay, D, R = self.layer, self.layer._D, self.layer._R
+        half = wd == np.float16
+        for name, w in lay.named_parameters().items():
+            if half and name.startswith("weight_"):
+                with np.errstate(over="ignore"):
+                    w16 = w.astype(np.float16)
+                if np.any(np.isinf(w16) & np.isfinite(w)):
+                    raise ValueError(f"weight_dtype: {name} has values beyond float16's range "
+                                     f"(|w| <= 65504): max |w| = {np.abs(w).max()}")
+                w[...] = w16  # the snapshot's own copy, in place
+        # float16 panels for step() only: one pass a layer, no layer norm
+        half_panels = half and D == 1 and not lay.layer_norm
         self._passes: list[_FrozenPass] = []
         self._step_args: _StepPlan | None = None  # step()'s, made on first use
         for k in range(lay.num_layers):
@@ -712,7 +741,7 @@ class FrozenLSTM:
                               zoneout_c=lay.zoneout_c, layer_norm=p["layer_norm"])
                 if a.w_hr is not None:
                     kw["w_hr"] = a.w_hr
-                kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr)
+                kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr, half=half_panels)
                 # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us a call
                 kw = {n: v for n, v in kw.items()
                       if not (isinstance(v, (bool, int, float)) and not v)}
@@ -755,12 +784,13 @@ class FrozenLSTM:
         """Bytes of the packed weights."""
         return sum(int(fp.kw["packed"].nbytes) for fp in self._passes)
 
-    def __reduce__(self) -> tuple[Any, tuple[LSTM]]:
+    def __reduce__(self) -> tuple[Any, tuple[LSTM, str]]:
         """Pickle support: the layer; the weights are packed again on load."""
-        return FrozenLSTM, (self.layer,)
+        return FrozenLSTM, (self.layer, self.weight_dtype.name)
 
     def __repr__(self) -> str:
-        return f"FrozenLSTM({self.layer!r})"
+        wd = "" if self.weight_dtype == self.layer.dtype else f", weight_dtype='{self.weight_dtype}'"
+        return f"FrozenLSTM({self.layer!r}{wd})"
 
 
 def load(path: str | os.PathLike[str] | Any) -> LSTM:
