@@ -636,8 +636,8 @@ struct HalfLanes {
 
 // panel_rows (float) on a float16 panel bp [K, 4V] of Packed::half: every lane's sum runs in
 // microkernel's order (a one-row tile of tile_rows sums even and odd k apart, then adds the
-// two and the last k; other rows in k order), so the results are bitwise those of panel_rows
-// on the float32 panel of the same values. At B = 1 a step reads half the bytes.
+// two and the last k; other rows in k order, here two at a time), so the results are bitwise
+// those of panel_rows on the float32 panel of the same values. A step reads half the bytes.
 template <typename ARow, typename Init, typename Done>
 EIGEN_ALWAYS_INLINE void panel_rows_half(Index B, Index K, const std::uint16_t* bp, ARow&& a_row,
                                          Init&& init, Done&& done, float* part) {
@@ -649,7 +649,25 @@ EIGEN_ALWAYS_INLINE void panel_rows_half(Index B, Index K, const std::uint16_t* 
     for (int q = 0; q < 4; ++q) ei::pstore(part + b * W + q * V, init(b, q));
   for (Index b0 = 0, rt; b0 < B; b0 += rt) {
     rt = tile_rows(B - b0);
-    for (Index r = b0; r < b0 + rt; ++r) {  // a row at a time: the same sums as in a tile
+    Index r = b0;
+    for (; rt > 1 && r + 1 < b0 + rt; r += 2) {  // two rows at a time, in k order
+      const float *a = a_row(r), *a2 = a_row(r + 1);
+      float *c = part + r * W, *c2 = c + W;
+      G acc[NG], acc2[NG];
+#pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) acc[g] = L::ld(c + g * L::n), acc2[g] = L::ld(c2 + g * L::n);
+      for (Index k = 0; k < K; ++k) {
+        const G ak = L::set1(a[k]), ak2 = L::set1(a2[k]);
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; ++g) {
+          const G w = L::load(bp + k * W + g * L::n);
+          acc[g] = L::madd(ak, w, acc[g]), acc2[g] = L::madd(ak2, w, acc2[g]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) L::st(c + g * L::n, acc[g]), L::st(c2 + g * L::n, acc2[g]);
+    }
+    for (; r < b0 + rt; ++r) {  // one row: the same sums as in a tile of rt rows
       const float* a = a_row(r);
       float* c = part + r * W;
       G acc[NG], odd[NG];

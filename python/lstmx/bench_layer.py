@@ -41,6 +41,7 @@ LAYER_TARGETS = (
     "varlen: throughput per useful token >= 0.9x equal lengths",
     "varlen: >= 1.5x torch on a PackedSequence",
     "stream: one step at B=1, I=H=256 takes <= 10 us",
+    "stream, float16 weights (freeze(np.float16)): one step at B=1, I=H=256 takes <= 10 us",
 )
 STREAM = 256  # I = H of the stream row
 
@@ -251,6 +252,7 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
     state = m.initial_state(1)
 
     frozen, fstate = m.freeze(), m.initial_state(1)
+    half, hstate = m.freeze(np.float16), m.initial_state(1)  # the weights rounded to float16
 
     def step() -> object:
         nonlocal state
@@ -262,13 +264,18 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
         y, fstate = frozen.step(x, fstate)
         return y
 
+    def half_step() -> object:
+        nonlocal hstate
+        y, hstate = half.step(x, hstate)
+        return y
+
     # The floor: reading the weights once, as one GEMV [4H, I+H] x [I+H] (NumPy's BLAS)
     p = m.named_parameters()
     w = np.concatenate([p["weight_ih_l0"], p["weight_hh_l0"]], axis=1)
     v = np.concatenate([x[0], state.h[0, 0]])
     fns: dict[str, Callable[[], object]] = {"lstmx": step, "lstmx frozen": frozen_step,
-                                            "gemv": lambda: w @ v}
-    mismatch = _rel(frozen.step(x)[0], m.step(x)[0])
+                                            "lstmx float16": half_step, "gemv": lambda: w @ v}
+    mismatch = _rel(frozen.step(x)[0], m.step(x)[0])  # (float16 weights: not the same layer)
     if env.torch is not None:
         torch = env.torch
         mod = torch.nn.LSTM(STREAM, STREAM)
@@ -294,7 +301,7 @@ _BUILDERS = (_varlen, _bidir2, _layernorm, _stream)
 def layer_steps(env: Env) -> int:
     """Progress steps of :func:`run_layer` (at most)."""
     return env.rounds * ((len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2)
-                         + 4)
+                         + 5)
 
 
 def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
@@ -322,9 +329,11 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
             notes.append(f"per useful token {pt:.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
         ms, peer_ms, gemv, fz = r.ms("lstmx"), r.ms(r.peer), r.ms("gemv"), r.ms("lstmx frozen")
+        f16 = r.ms("lstmx float16")
         if r.name == "stream" and ms is not None and gemv is not None:
             notes.append(f"B=1 I=H={STREAM}: {ms * 1e3:.1f} us a step"
                          + ("" if fz is None else f", frozen {fz * 1e3:.1f} us")
+                         + ("" if f16 is None else f", float16 weights {f16 * 1e3:.1f} us")
                          + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us)")
                          + f"; one GEMV of the weights (NumPy) takes {gemv * 1e3:.1f} us")
         if r.mismatch is not None and not r.mismatch <= 1e-3:
@@ -353,11 +362,14 @@ def layer_targets(rows: Sequence[LayerRow]) -> list[Target]:
     us = None if st is None else st.ms("lstmx")
     if st is None or us is None:
         out.append(Target(LAYER_TARGETS[2], "not measured", None))
-    else:  # the faster of the two step APIs
+    else:  # the faster of the two float32 step APIs
         sp, fz = st.speedup(), st.ms("lstmx frozen")
         best = us if fz is None else min(us, fz)
         out.append(Target(LAYER_TARGETS[2], f"LSTM.step {us * 1e3:.1f} us"
                           + ("" if fz is None else f", FrozenLSTM.step {fz * 1e3:.1f} us")
                           + ("" if sp is None else f" (LSTM.step {sp:.1f}x faster than torch)"),
                           best * 1e3 <= 10))
+    f16 = None if st is None else st.ms("lstmx float16")
+    out.append(Target(LAYER_TARGETS[3], "not measured", None) if f16 is None else
+               Target(LAYER_TARGETS[3], f"FrozenLSTM.step {f16 * 1e3:.1f} us", f16 * 1e3 <= 10))
     return out
