@@ -305,6 +305,11 @@ def test_float16_weights_arguments() -> None:
     np.testing.assert_array_equal(g.step(np.ones((1, 3), np.float32))[0],
                                   f.step(np.ones((1, 3), np.float32))[0])
     assert m.freeze(np.float32).weight_dtype == np.float32  # the layer's own: as freeze()
+    bi = lstmx.LSTM(3, 4, 2, bidirectional=True, proj_size=2, seed=1)  # no step: no panels
+    x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
+    (y1, s1), (y2, s2) = bi.freeze(np.float16)(x), _rounded(bi)(x)
+    for a, b in ((y1, y2), *zip(s1, s2)):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="weight_dtype: expected None, float64 or"):
         lstmx.LSTM(3, 4, dtype=np.float64).freeze(np.float16)
     with pytest.raises(ValueError, match="weight_dtype: expected"):
