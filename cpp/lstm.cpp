@@ -25,7 +25,9 @@
 #include <type_traits>
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -160,6 +162,19 @@ inline void share(Index items, int nt, int j, Index& a, Index& b) {
   b = items * (j + 1) / nt;
 }
 
+inline void relax() {  // a spin-wait's pause
+#if defined(__SSE2__)
+  _mm_pause();
+#endif
+}
+#if defined(__linux__)
+template <typename T>  // wait on or wake the threads waiting on a 32-bit word
+inline void futex(std::atomic<T>* w, int op, T v) {
+  static_assert(sizeof(T) == 4 && sizeof(std::atomic<T>) == 4, "futex words are 32 bits");
+  syscall(SYS_futex, reinterpret_cast<T*>(w), op, v, nullptr, nullptr, 0);
+}
+#endif
+
 // The barrier between the steps of a team (Linux): a count of arrivals and a phase that the
 // last one flips. The others spin on the phase with pause, then sleep on it (a futex), and the
 // last one wakes them only if one sleeps. libgomp's barrier makes a futex_wake syscall at
@@ -249,33 +264,146 @@ inline void barrier() {
     t->arrived.store(0, std::memory_order_relaxed);
     t->phase.store(ph, std::memory_order_seq_cst);
     if (t->sleepers.load(std::memory_order_seq_cst) > 0)
-      syscall(SYS_futex, &t->phase, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+      futex(&t->phase, FUTEX_WAKE_PRIVATE, INT32_MAX);
     return;
   }
   for (int i = 0; i < TeamBarrier::kSpin; ++i) {
     if (t->phase.load(std::memory_order_acquire) == ph) return;
-#if defined(__SSE2__)
-    _mm_pause();
-#endif
+    relax();
   }
   t->sleepers.fetch_add(1, std::memory_order_seq_cst);
   while (t->phase.load(std::memory_order_seq_cst) != ph)  // (returns at once if it changed)
-    syscall(SYS_futex, &t->phase, FUTEX_WAIT_PRIVATE, ph ^ 1, nullptr, nullptr, 0);
+    futex(&t->phase, FUTEX_WAIT_PRIVATE, ph ^ 1);
   t->sleepers.fetch_sub(1, std::memory_order_relaxed);
   keep_apart(r);
 #endif
 }
 
+#if defined(__linux__) && defined(_OPENMP)
+// lstmx's own workers (Linux, with OpenMP): up to kMax threads that outlive the calls, so that a
+// team of nt runs on the caller and workers 1..nt-1 without libgomp's fork and join (a futex
+// syscall at each, worker spinning or not: about 1 us of a 10 us streaming step; design.md,
+// Threads). Each worker spins on its slot's seq (300000 pauses, as libgomp's workers wait for
+// the next parallel region), then sleeps on it (a futex); the caller waits for `pending` as
+// TeamBarrier's threads wait. One caller at a time (`busy`): another caller, a team larger
+// than kMax + 1, or a failed pthread_create gets libgomp's team instead. A forked child
+// starts with no workers (pthread_atfork); the workers are never joined.
+struct Crew {
+  static constexpr int kMax = 255;
+  static constexpr int kSpin = 300000;  // a worker's pauses before it sleeps
+  struct alignas(64) Slot {
+    std::atomic<unsigned> seq{0};  // the futex word: one more for each job given
+    std::atomic<int> sleeps{0};    // the worker sleeps on seq
+    void (*call)(void*, int) = nullptr;  // the job: call(ctx, worker)
+    void* ctx = nullptr;
+  };
+  std::atomic<bool> busy{false};
+  int size = 0;  // workers started: slot[1..size] (only a caller holding busy changes it)
+  alignas(64) std::atomic<int> pending{0};  // workers still at the job: the futex word
+  std::atomic<int> waiting{0};              // the caller sleeps on pending
+  Slot slot[kMax + 1];
+};
+Crew crew;
+
+void* crew_worker(void* arg) {
+  const int w = int(reinterpret_cast<std::intptr_t>(arg));
+  Crew::Slot& s = crew.slot[w];
+  unsigned seen = 0;
+  for (;;) {
+    for (int i = 0; i < Crew::kSpin && s.seq.load(std::memory_order_acquire) == seen; ++i)
+      relax();
+    if (s.seq.load(std::memory_order_acquire) == seen) {
+      s.sleeps.store(1, std::memory_order_seq_cst);
+      while (s.seq.load(std::memory_order_seq_cst) == seen) futex(&s.seq, FUTEX_WAIT_PRIVATE, seen);
+      s.sleeps.store(0, std::memory_order_relaxed);
+    }
+    seen = s.seq.load(std::memory_order_acquire);
+    s.call(s.ctx, w);
+    if (crew.pending.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        crew.waiting.load(std::memory_order_seq_cst))
+      futex(&crew.pending, FUTEX_WAKE_PRIVATE, 1);
+  }
+  return nullptr;
+}
+
+// Starts workers up to n (the caller holds busy): false if a thread could not be created.
+bool crew_grow(int n) {
+  if (crew.size >= n) return true;
+  static bool forks = false;
+  if (!forks) {
+    pthread_atfork(nullptr, nullptr, [] {  // the child has none of the parent's workers
+      crew.size = 0;
+      crew.busy.store(false);
+      crew.pending.store(0);
+      crew.waiting.store(0);
+      for (auto& s : crew.slot) s.seq.store(0), s.sleeps.store(0);
+    });
+    forks = true;
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);  // signals go to the caller's threads, not these
+  bool ok = true;
+  for (; ok && crew.size < n; ++crew.size) {
+    pthread_t t;
+    ok = pthread_create(&t, nullptr, crew_worker,
+                        reinterpret_cast<void*>(std::intptr_t(crew.size + 1))) == 0;
+    if (ok) pthread_detach(t);
+    else --crew.size;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return ok;
+}
+
+// Runs body(t) for t in [0, nt): 0 on this thread, the others on workers; false (nothing run)
+// if the crew is busy or cannot grow to nt - 1.
+template <typename B>
+bool crew_run(int nt, B& body) {
+  if (nt - 1 > Crew::kMax || crew.busy.exchange(true, std::memory_order_acquire)) return false;
+  if (!crew_grow(nt - 1)) {
+    crew.busy.store(false, std::memory_order_release);
+    return false;
+  }
+  crew.pending.store(nt - 1, std::memory_order_relaxed);
+  for (int w = 1; w < nt; ++w) {
+    Crew::Slot& s = crew.slot[w];
+    s.call = [](void* ctx, int t) { (*static_cast<B*>(ctx))(t); };
+    s.ctx = &body;
+    s.seq.fetch_add(1, std::memory_order_seq_cst);
+    if (s.sleeps.load(std::memory_order_seq_cst)) futex(&s.seq, FUTEX_WAKE_PRIVATE, 1u);
+  }
+  std::exception_ptr e;  // (f carries its errors out itself: this is a safety net)
+  try {
+    body(0);
+  } catch (...) {
+    e = std::current_exception();
+  }
+  for (int i = 0; i < TeamBarrier::kSpin && crew.pending.load(std::memory_order_acquire); ++i)
+    relax();
+  if (crew.pending.load(std::memory_order_acquire)) {
+    crew.waiting.store(1, std::memory_order_seq_cst);
+    for (int p; (p = crew.pending.load(std::memory_order_seq_cst)) != 0;)
+      futex(&crew.pending, FUTEX_WAIT_PRIVATE, p);
+    crew.waiting.store(0, std::memory_order_relaxed);
+  }
+  crew.busy.store(false, std::memory_order_release);
+  if (e) std::rethrow_exception(e);
+  return true;
+}
+#endif
+
 // Runs f(tid, nt, err) on every thread of a team: at most `threads`, at most one per item and
 // one per ~64k flops. Denormals are flushed; exceptions are carried out; barrier() waits for
 // the team. Results never depend on the team size: work is cut so that every output sums its
-// terms in a fixed order.
+// terms in a fixed order. The team is lstmx's crew where it can be, else libgomp's; a team
+// inside a team's work runs alone.
 template <typename F>
 void with_team(int threads, Index items, double flops, F&& f) {
   const Index by_flops = std::max<Index>(1, Index(flops / 65536.0));
-  const int nt = int(std::max<Index>(1, std::min<Index>({Index(threads), items, by_flops})));
+  const TeamRef outer = tl_team;
+  const int nt =
+      outer.size > 1 ? 1 : int(std::max<Index>(1, std::min({Index(threads), items, by_flops})));
   Errors err;
-  const TeamRef outer = tl_team;  // (a team inside a team's work runs alone)
   if (nt == 1) {  // no team: libgomp's barrier makes a futex syscall even in a team of one
     FlushDenormals ftz;
     tl_team = TeamRef();
@@ -284,33 +412,38 @@ void with_team(int threads, Index items, double flops, F&& f) {
     return err.rethrow();
   }
   TeamBarrier bar;
-#pragma omp parallel num_threads(nt)
-  {
+  // One thread's share: tid of n, in a team whose barrier is lstmx's own (else libgomp's).
+  auto member = [&](int tid, int n, bool own) {
     FlushDenormals ftz;
-    int tid = 0, n = 1;
-    bool own = false;
-#ifdef _OPENMP
-    tid = omp_get_thread_num(), n = omp_get_num_threads();
-#if defined(__linux__)
-    static const int procs = omp_get_num_procs();  // (those this process may run on)
-    own = n <= procs;
-#endif
-#endif
     tl_team = TeamRef{&bar, n, own, 0, -1};
 #if defined(__linux__)
     if (own) {  // every thread on a CPU of its own before any begins
       keep_apart(tl_team);
       bar.started.fetch_add(1, std::memory_order_acq_rel);
       for (int i = 1; bar.started.load(std::memory_order_acquire) < n; ++i) {
-#if defined(__SSE2__)
-        _mm_pause();
-#endif
+        relax();
         if (i % 256 == 0) sched_yield();  // to a thread of the team woken on this CPU
       }
     }
 #endif
     f(tid, n, err);
     tl_team = outer;
+  };
+#if defined(__linux__) && defined(_OPENMP)
+  static const int procs = omp_get_num_procs();  // (those this process may run on)
+  auto share_of = [&](int tid) { member(tid, nt, true); };
+  if (nt <= procs && crew_run(nt, share_of)) return err.rethrow();
+#endif
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = 0, n = 1;
+    bool own = false;
+#if defined(__linux__) && defined(_OPENMP)
+    tid = omp_get_thread_num(), n = omp_get_num_threads(), own = n <= procs;
+#elif defined(_OPENMP)
+    tid = omp_get_thread_num(), n = omp_get_num_threads();
+#endif
+    member(tid, n, own);
   }
   err.rethrow();
 }

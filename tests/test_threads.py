@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -189,3 +190,60 @@ def test_two_single_thread_calls_overlap_in_time(threads_setting: None) -> None:
     if tries[-1][0] >= 0.8 and sum(c < 0.8 for _, c in tries) < 3:
         pytest.skip(f"two cores were seldom free at once: (lstmx, control) = {tries}")
     assert tries[-1][0] < 0.8, f"no overlap in {len(tries)} tries: (lstmx, control) = {tries}"
+
+
+
+_FORK_SCRIPT = """
+import hashlib, os, sys, threading, time
+import numpy as np
+import lstmx
+
+lstmx.set_num_threads(2)
+m = lstmx.LSTM(16, 80, seed=0)
+frozen = m.freeze()
+x = np.random.default_rng(3).standard_normal((12, 4, 16)).astype(np.float32)
+
+
+def results():
+    y, (hn, cn) = m(x)
+    ys, state = frozen.step(x[0])
+    return b"".join(a.tobytes() for a in (y, hn, cn, ys, *state))
+
+
+expected = hashlib.sha256(results() * 2).digest()
+stop = threading.Event()
+busy = threading.Thread(target=lambda: [m(x) for _ in iter(stop.is_set, True)], daemon=True)
+for during in (False, True):
+    if during:
+        busy.start()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its digest to the pipe, then out at once
+        try:
+            os.close(r)
+            os.write(w, hashlib.sha256(results() + results()).digest())
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        sys.exit(f"the child forked {'during' if during else 'after'} 2-thread calls hung")
+    if os.read(r, 64) != expected:
+        sys.exit(f"the child forked {'during' if during else 'after'} 2-thread calls differs")
+stop.set()
+busy.join()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_computes_with_a_team() -> None:
+    """lstmx's worker threads stay in the parent: a child forked after 2-thread calls (and one
+    forked while another thread computes) gets new ones, and its results are bitwise the
+    parent's. Run in a fresh interpreter: one without the threads of jax or torch, which
+    forking would endanger. A child that hangs fails the test."""
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
