@@ -140,14 +140,13 @@ class OutBlocks {
 
 // Outputs are 64-byte aligned: Eigen's vectorised loops peel by address, so a fixed alignment
 // makes every result depend on the shape alone, never on where the allocator put it.
-template <typename S>
-py::array_t<S> out(const std::vector<Index>& shape) {
+// out_block: a 64-byte aligned block of `bytes` at `data`, freed with the capsule returned,
+// which the arrays made on it keep as their base.
+py::capsule out_block(std::size_t bytes, void*& data) {
   using Block = std::pair<void*, std::size_t>;  // the capsule's: the block, its capacity
-  std::size_t n = 1;
-  for (Index s : shape) n *= std::size_t(s);
   auto blk = std::make_unique<Block>();
-  blk->first = OutBlocks::take(n * sizeof(S), blk->second);
-  S* data = static_cast<S*>(blk->first);
+  blk->first = OutBlocks::take(bytes, blk->second);
+  data = blk->first;
   py::capsule owner;
   try {
     owner = py::capsule(blk.get(), [](void* q) {
@@ -159,7 +158,17 @@ py::array_t<S> out(const std::vector<Index>& shape) {
     throw;
   }
   blk.release();  // the capsule owns it now
-  return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()), data, owner);
+  return owner;
+}
+
+template <typename S>
+py::array_t<S> out(const std::vector<Index>& shape) {
+  std::size_t n = 1;
+  for (Index s : shape) n *= std::size_t(s);
+  void* data;
+  const py::capsule owner = out_block(n * sizeof(S), data);
+  return py::array_t<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()),
+                        static_cast<S*>(data), owner);
 }
 
 constexpr int kMaxThreads = 1024;
@@ -453,12 +462,17 @@ struct StepPlan {
   lstmx::Options<S> opt;
   const lstmx::KernelTable<S>* packed_by = nullptr;  // the kernels that packed, if any layer is
   py::object state_type;  // (h, c) -> the state that call() returns (lstmx.StreamState)
+  bool state_tuple;       // state_type is a tuple subclass without a __dict__ (a NamedTuple)
   py::tuple names, params;  // the owner's attribute names, and the arrays the plan came from
+  py::dtype dtype = py::dtype::of<S>();  // numpy's own, which most arrays of S share
 
   StepPlan(const py::sequence& layer_seq, double clip, bool input_forget, double zoneout_h,
            double zoneout_c, py::object state, py::tuple owner_names, py::tuple owner_params)
       : layers(layer_seq), state_type(std::move(state)), names(std::move(owner_names)),
         params(std::move(owner_params)) {
+    auto* t = reinterpret_cast<PyTypeObject*>(state_type.ptr());
+    state_tuple = PyType_Check(state_type.ptr()) && PyType_IsSubtype(t, &PyTuple_Type) &&
+                  t->tp_dictoffset == 0 && t->tp_init == PyTuple_Type.tp_init;
     L = Index(py::len(layers));
     if (L < 1) throw py::value_error("layers: expected at least one layer");
     if (names.size() != params.size())
@@ -510,8 +524,9 @@ struct StepPlan {
       throw py::value_error("layers: expected one tuple per layer of h, got " +
                             std::to_string(L) + " for " + std::to_string(h.shape(0)));
     const Index B = x.shape(0), R = d.R();
-    return run_on(B, in_ptr<S>(x, "x", {B, d.I}), in_ptr<S>(h, "h", {L, B, R}),
-                  in_ptr<S>(c, "c", {L, B, d.H}));
+    const Outs o = run_on(B, in_ptr<S>(x, "x", {B, d.I}), in_ptr<S>(h, "h", {L, B, R}),
+                          in_ptr<S>(c, "c", {L, B, d.H}));
+    return py::make_tuple(o.y, o.h, o.c);
   }
 
   // The fast path of LSTM.step: (y, state_type(h_new, c_new)) if x is exactly a C-contiguous,
@@ -527,17 +542,30 @@ struct StepPlan {
     if (!PyTuple_Check(state.ptr()) || PyTuple_GET_SIZE(state.ptr()) != 2) return py::none();
     const S* px = exact(x, {-1, d.I});
     if (!px) return py::none();
-    const Index B = py::reinterpret_borrow<py::array>(x).shape(0);
+    const Index B = py::detail::array_proxy(x.ptr())->dimensions[0];
     const S* ph = exact(PyTuple_GET_ITEM(state.ptr(), 0), {L, B, d.R()});
     const S* pc = exact(PyTuple_GET_ITEM(state.ptr(), 1), {L, B, d.H});
     if (!ph || !pc) return py::none();
-    const py::tuple r = run_on(B, px, ph, pc);
-    return py::make_tuple(r[0], state_type.is_none() ? py::make_tuple(r[1], r[2])
-                                                     : state_type(r[1], r[2]));
+    Outs o = run_on(B, px, ph, pc);
+    py::object st;
+    if (state_tuple) {  // what a NamedTuple's __new__ does (tuple.__new__), without the call
+      auto* t = reinterpret_cast<PyTypeObject*>(state_type.ptr());
+      st = py::reinterpret_steal<py::object>(t->tp_alloc(t, 2));
+      if (!st) throw py::error_already_set();
+      PyTuple_SET_ITEM(st.ptr(), 0, o.h.release().ptr());
+      PyTuple_SET_ITEM(st.ptr(), 1, o.c.release().ptr());
+    } else {
+      st = state_type.is_none() ? py::make_tuple(o.h, o.c) : state_type(o.h, o.c);
+    }
+    return py::make_tuple(o.y, st);
   }
 
  private:
-  py::tuple run_on(Index B, const S* px, const S* ph, const S* pc) const {
+  struct Outs {
+    py::array_t<S> y, h, c;  // [B, R], [L, B, R], [L, B, H]
+  };
+  // The step's outputs, one block for the three.
+  Outs run_on(Index B, const S* px, const S* ph, const S* pc) const {
     Dims db = d;
     db.B = B;
     check_sizes<S>(db);
@@ -546,30 +574,34 @@ struct StepPlan {
       throw py::value_error(std::string("packed: made by other kernels than the ") +
                             lstmx::backend().isa + " ones active now: pack (freeze) again");
     const Index R = d.R();
-    auto y = out<S>({B, R});
-    auto ho = out<S>({L, B, R}), co = out<S>({L, B, d.H});
-    S *pho = ho.mutable_data(), *pco = co.mutable_data();
+    constexpr Index A = 64 / sizeof(S);  // each array 64-byte aligned
+    const Index ny = (B * R + A - 1) / A * A, nh = (L * B * R + A - 1) / A * A;
+    void* data;
+    const py::capsule owner = out_block((ny + nh + L * B * d.H) * sizeof(S), data);
+    S* const p = static_cast<S*>(data);
+    Outs o{py::array_t<S>({B, R}, p, owner), py::array_t<S>({L, B, R}, p + ny, owner),
+           py::array_t<S>({L, B, d.H}, p + ny + nh, owner)};
+    S *pho = p + ny, *pco = p + ny + nh;
     {
       py::gil_scoped_release nogil;
       kt.step(lstmx::num_threads(), db, L, ls.data(), opt, px, ph, pc, pho, pco);
-      std::copy_n(pho + (L - 1) * B * R, B * R, y.mutable_data());
+      std::copy_n(pho + (L - 1) * B * R, B * R, p);
     }
-    return py::make_tuple(y, ho, co);
+    return o;
   }
 
   // The data of o if it is exactly a numpy.ndarray of S, C-contiguous and aligned, of this
   // shape (-1: any size); else nullptr. Raises nothing.
-  static const S* exact(const py::handle& o, std::initializer_list<Index> shape) {
+  const S* exact(const py::handle& o, std::initializer_list<Index> shape) const {
     const auto& api = py::detail::npy_api::get();
-    if (Py_TYPE(o.ptr()) != reinterpret_cast<PyTypeObject*>(api.PyArray_Type_) ||
-        !py::isinstance<py::array_t<S>>(o))
-      return nullptr;
-    const auto a = py::reinterpret_borrow<py::array>(o);
+    if (Py_TYPE(o.ptr()) != reinterpret_cast<PyTypeObject*>(api.PyArray_Type_)) return nullptr;
+    const auto* a = py::detail::array_proxy(o.ptr());
+    if (a->descr != dtype.ptr() && !py::isinstance<py::array_t<S>>(o)) return nullptr;
     const int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-    if ((a.flags() & need) != need || std::size_t(a.ndim()) != shape.size()) return nullptr;
+    if ((a->flags & need) != need || std::size_t(a->nd) != shape.size()) return nullptr;
     for (std::size_t i = 0; i < shape.size(); ++i)
-      if (shape.begin()[i] >= 0 && a.shape(i) != shape.begin()[i]) return nullptr;
-    return static_cast<const S*>(a.data());
+      if (shape.begin()[i] >= 0 && a->dimensions[i] != shape.begin()[i]) return nullptr;
+    return reinterpret_cast<const S*>(a->data);
   }
 };
 
