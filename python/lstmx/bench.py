@@ -82,6 +82,9 @@ SHORT = {"lstmx": "lstmx", "frozen": "frozen", "torch": "torch", "onnxruntime": 
 REFERENCE_MAX_TBH = 1_000_000
 #: Warn about noisy timings when other processes use more than this many CPUs' worth.
 BUSY_NOTE = 0.25
+#: Seconds to pause after timing one implementation, before the next: worker threads that
+#: still spin-wait (lstmx's and libgomp's about 8 ms) would slow whatever is timed next.
+SETTLE = 0.02
 #: Output file names, in ``--out``.
 JSON_NAME, PLOT_NAME = "lstmx-bench.json", "lstmx-bench.png"
 
@@ -332,9 +335,9 @@ class Peer:
     fns: dict[str, Callable[[], object]]
     budget: Budget
     check: Check | None = None
-    #: Seconds to pause after using it, until its worker threads stop spin-waiting: spinning
-    #: threads slow whatever is timed next.
-    settle: float = 0.0
+    #: Seconds to pause after using it, until its worker threads stop spin-waiting (SETTLE; more
+    #: for peers whose threads spin longer).
+    settle: float = SETTLE
 
 
 def _rel_diff(a: Any, b: Any) -> float:
@@ -743,7 +746,7 @@ def run_grid(env: Env, configs: Sequence[BenchConfig], dtype: np.dtype[Any], pro
             calls = [(impl, peer.fns[mode], peer.budget, peer.settle)
                      for impl, peer in peers.items() if mode in peer.fns]
             if gemm and mode == MODES[0]:
-                calls.insert(0, ("gemm", gemm_fn(env.torch, cfg, dtype), env.budget, 0.0))
+                calls.insert(0, ("gemm", gemm_fn(env.torch, cfg, dtype), env.budget, SETTLE))
             timings = measure_rounds(prog, f"{label}{cfg.name} {mode}", calls, env.rounds)
             if "gemm" in timings:
                 gemm_t = timings.pop("gemm")

@@ -29,7 +29,8 @@ import numpy as np
 
 import lstmx
 
-from .bench import BenchConfig, Env, Progress, Target, Timing, make_inputs, measure_rounds
+from .bench import (SETTLE, BenchConfig, Env, Progress, Target, Timing, make_inputs,
+                    measure_rounds)
 from .functional import AnyArray
 
 __all__ = ["LayerRow", "LAYER_TARGETS", "layer_steps", "run_layer", "format_layer",
@@ -311,7 +312,7 @@ def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
         for row, fns in build(env, cfg):
             row.timings.update(measure_rounds(
                 prog, f"layer {row.name} {row.mode}",
-                [(impl, fn, env.budget, 0.0) for impl, fn in fns.items()], env.rounds))
+                [(impl, fn, env.budget, SETTLE) for impl, fn in fns.items()], env.rounds))
             rows.append(row)
     return rows
 
