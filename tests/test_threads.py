@@ -213,7 +213,10 @@ def results():
 expected = hashlib.sha256(results() * 2).digest()
 stop = threading.Event()
 busy = threading.Thread(target=lambda: [m(x) for _ in iter(stop.is_set, True)], daemon=True)
-for during in (False, True):
+# GCC 12's libasan does not intercept fork: a child forked while another thread holds its
+# allocator's lock would hang in malloc. Under it, only the fork after calls.
+asan = "libasan" in os.environ.get("LD_PRELOAD", "")
+for during in (False,) if asan else (False, True):
     if during:
         busy.start()
     r, w = os.pipe()
@@ -241,9 +244,9 @@ busy.join()
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_computes_with_a_team() -> None:
     """lstmx's worker threads stay in the parent: a child forked after 2-thread calls (and one
-    forked while another thread computes) gets new ones, and its results are bitwise the
-    parent's. Run in a fresh interpreter: one without the threads of jax or torch, which
-    forking would endanger. A child that hangs fails the test."""
+    forked while another thread computes; not under AddressSanitizer) gets new ones, and its
+    results are bitwise the parent's. Run in a fresh interpreter: one without the threads of
+    jax or torch, which forking would endanger. A child that hangs fails the test."""
     r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
