@@ -173,6 +173,25 @@ inline void futex(std::atomic<T>* w, int op, T v) {
   static_assert(sizeof(T) == 4 && sizeof(std::atomic<T>) == 4, "futex words are 32 bits");
   syscall(SYS_futex, reinterpret_cast<T*>(w), op, v, nullptr, nullptr, 0);
 }
+// Waits while `word` holds v: up to `spins` pauses, then asleep on it (a futex), counted in
+// `sleepers`. True if it slept. The thread that changes `word` then calls wake().
+template <typename T>
+bool wait_while(std::atomic<T>& word, T v, int spins, std::atomic<int>& sleepers) {
+  for (int i = 0; i < spins; ++i) {
+    if (word.load(std::memory_order_acquire) != v) return false;
+    relax();
+  }
+  sleepers.fetch_add(1, std::memory_order_seq_cst);
+  while (word.load(std::memory_order_seq_cst) == v)  // (returns at once if it changed)
+    futex(&word, FUTEX_WAIT_PRIVATE, v);
+  sleepers.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+// After a change of `word`: wakes its sleepers, a syscall only if there are any.
+template <typename T>
+void wake(std::atomic<T>& word, std::atomic<int>& sleepers) {
+  if (sleepers.load(std::memory_order_seq_cst) > 0) futex(&word, FUTEX_WAKE_PRIVATE, T(INT32_MAX));
+}
 #endif
 
 // The barrier between the steps of a team (Linux): a count of arrivals and a phase that the
@@ -263,19 +282,10 @@ inline void barrier() {
   if (t->arrived.fetch_add(1, std::memory_order_acq_rel) == r.size - 1) {  // the last to come
     t->arrived.store(0, std::memory_order_relaxed);
     t->phase.store(ph, std::memory_order_seq_cst);
-    if (t->sleepers.load(std::memory_order_seq_cst) > 0)
-      futex(&t->phase, FUTEX_WAKE_PRIVATE, INT32_MAX);
+    wake(t->phase, t->sleepers);
     return;
   }
-  for (int i = 0; i < TeamBarrier::kSpin; ++i) {
-    if (t->phase.load(std::memory_order_acquire) == ph) return;
-    relax();
-  }
-  t->sleepers.fetch_add(1, std::memory_order_seq_cst);
-  while (t->phase.load(std::memory_order_seq_cst) != ph)  // (returns at once if it changed)
-    futex(&t->phase, FUTEX_WAIT_PRIVATE, ph ^ 1);
-  t->sleepers.fetch_sub(1, std::memory_order_relaxed);
-  keep_apart(r);
+  if (wait_while(t->phase, ph ^ 1, TeamBarrier::kSpin, t->sleepers)) keep_apart(r);
 #endif
 }
 
@@ -293,14 +303,14 @@ struct Crew {
   static constexpr int kSpin = 300000;  // a worker's pauses before it sleeps
   struct alignas(64) Slot {
     std::atomic<unsigned> seq{0};  // the futex word: one more for each job given
-    std::atomic<int> sleeps{0};    // the worker sleeps on seq
+    std::atomic<int> sleeps{0};    // the worker asleep on seq (0 or 1)
     void (*call)(void*, int) = nullptr;  // the job: call(ctx, worker)
     void* ctx = nullptr;
   };
   std::atomic<bool> busy{false};
   int size = 0;  // workers started: slot[1..size] (only a caller holding busy changes it)
   alignas(64) std::atomic<int> pending{0};  // workers still at the job: the futex word
-  std::atomic<int> waiting{0};              // the caller sleeps on pending
+  std::atomic<int> waiting{0};              // the caller asleep on pending (0 or 1)
   Slot slot[kMax + 1];
 };
 Crew crew;
@@ -310,18 +320,10 @@ void* crew_worker(void* arg) {
   Crew::Slot& s = crew.slot[w];
   unsigned seen = 0;
   for (;;) {
-    for (int i = 0; i < Crew::kSpin && s.seq.load(std::memory_order_acquire) == seen; ++i)
-      relax();
-    if (s.seq.load(std::memory_order_acquire) == seen) {
-      s.sleeps.store(1, std::memory_order_seq_cst);
-      while (s.seq.load(std::memory_order_seq_cst) == seen) futex(&s.seq, FUTEX_WAIT_PRIVATE, seen);
-      s.sleeps.store(0, std::memory_order_relaxed);
-    }
+    wait_while(s.seq, seen, Crew::kSpin, s.sleeps);
     seen = s.seq.load(std::memory_order_acquire);
     s.call(s.ctx, w);
-    if (crew.pending.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-        crew.waiting.load(std::memory_order_seq_cst))
-      futex(&crew.pending, FUTEX_WAKE_PRIVATE, 1);
+    if (crew.pending.fetch_sub(1, std::memory_order_seq_cst) == 1) wake(crew.pending, crew.waiting);
   }
   return nullptr;
 }
@@ -370,7 +372,7 @@ bool crew_run(int nt, B& body) {
     s.call = [](void* ctx, int t) { (*static_cast<B*>(ctx))(t); };
     s.ctx = &body;
     s.seq.fetch_add(1, std::memory_order_seq_cst);
-    if (s.sleeps.load(std::memory_order_seq_cst)) futex(&s.seq, FUTEX_WAKE_PRIVATE, 1u);
+    wake(s.seq, s.sleeps);
   }
   std::exception_ptr e;  // (f carries its errors out itself: this is a safety net)
   try {
@@ -378,14 +380,8 @@ bool crew_run(int nt, B& body) {
   } catch (...) {
     e = std::current_exception();
   }
-  for (int i = 0; i < TeamBarrier::kSpin && crew.pending.load(std::memory_order_acquire); ++i)
-    relax();
-  if (crew.pending.load(std::memory_order_acquire)) {
-    crew.waiting.store(1, std::memory_order_seq_cst);
-    for (int p; (p = crew.pending.load(std::memory_order_seq_cst)) != 0;)
-      futex(&crew.pending, FUTEX_WAIT_PRIVATE, p);
-    crew.waiting.store(0, std::memory_order_relaxed);
-  }
+  for (int p; (p = crew.pending.load(std::memory_order_acquire)) != 0;)  // (the last wakes it)
+    wait_while(crew.pending, p, TeamBarrier::kSpin, crew.waiting);
   crew.busy.store(false, std::memory_order_release);
   if (e) std::rethrow_exception(e);
   return true;
