@@ -434,10 +434,11 @@ void with_team(int threads, Index items, double flops, F&& f) {
   {
     int tid = 0, n = 1;
     bool own = false;
-#if defined(__linux__) && defined(_OPENMP)
-    tid = omp_get_thread_num(), n = omp_get_num_threads(), own = n <= procs;
-#elif defined(_OPENMP)
+#ifdef _OPENMP
     tid = omp_get_thread_num(), n = omp_get_num_threads();
+#if defined(__linux__)
+    own = n <= procs;
+#endif
 #endif
     member(tid, n, own);
   }

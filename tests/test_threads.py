@@ -192,7 +192,6 @@ def test_two_single_thread_calls_overlap_in_time(threads_setting: None) -> None:
     assert tries[-1][0] < 0.8, f"no overlap in {len(tries)} tries: (lstmx, control) = {tries}"
 
 
-
 _FORK_SCRIPT = """
 import hashlib, os, sys, threading, time
 import numpy as np
