@@ -205,12 +205,11 @@ struct Packed {
   const lstmx::KernelTable<S>* k;
   std::string isa;
   lstmx::Packed<S>* p;
-  bool half;
+  int quant;  // lstmx::Quant
   Packed(const Dims& d, const lstmx::KernelTable<S>& kt, const char* isa_name, const S* w_ih,
-         const S* w_hh, const S* w_hr, bool with_half)
+         const S* w_hh, const S* w_hr, int q)
       : I(d.I), H(d.H), P(d.P), k(&kt), isa(isa_name),
-        p(kt.packed_new(lstmx::num_threads(), d, w_ih, w_hh, w_hr, with_half)),
-        half(with_half) {}
+        p(kt.packed_new(lstmx::num_threads(), d, w_ih, w_hh, w_hr, q)), quant(q) {}
   ~Packed() { k->packed_free(p); }
   Packed(const Packed&) = delete;
   Packed& operator=(const Packed&) = delete;
@@ -606,12 +605,14 @@ struct StepPlan {
 };
 
 // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] or None, packed by the active kernels (half: with
-// float16 panels of W_ih and W_hh too).
+// float16 panels of W_ih and W_hh too; int8: with int8 ones instead, for step_plan only).
 template <typename S>
 std::shared_ptr<Packed<S>> pack(const py::array& w_ih, const py::array& w_hh,
-                                const py::object& w_hr, bool half) {
-  if (half && !std::is_same_v<S, float>)
-    throw py::type_error("half: float16 panels need float32 weights, got float64");
+                                const py::object& w_hr, bool half, bool int8) {
+  if (half && int8) throw py::value_error("half, int8: at most one of them");
+  if ((half || int8) && !std::is_same_v<S, float>)
+    throw py::type_error(std::string(half ? "half: float16" : "int8: int8") +
+                         " panels need float32 weights, got float64");
   if (w_ih.ndim() != 2 || w_hh.ndim() != 2 || w_hh.shape(0) % 4 || w_ih.shape(0) != w_hh.shape(0))
     throw py::value_error("w_ih, w_hh: expected 2-D arrays [4H, I] and [4H, R]");
   Dims d;
@@ -628,7 +629,8 @@ std::shared_ptr<Packed<S>> pack(const py::array& w_ih, const py::array& w_hh,
   const S* pwhr = in_ptr<S>(w_hr, "w_hr", {d.P, d.H});
   const auto& b = lstmx::backend();
   py::gil_scoped_release nogil;
-  return std::make_shared<Packed<S>>(d, table<S>(b), b.isa, pwih, pwhh, pwhr, half);
+  return std::make_shared<Packed<S>>(d, table<S>(b), b.isa, pwih, pwhh, pwhr,
+                                     half ? lstmx::kHalf : int8 ? lstmx::kInt8 : lstmx::kNone);
 }
 
 template <typename S>
@@ -648,7 +650,8 @@ void bind_dtype(py::module_& m, const char* cache_name, const char* packed_name)
       .def_property_readonly("H", [](const Packed<S>& w) { return w.H; })
       .def_property_readonly("P", [](const Packed<S>& w) { return w.P; })
       .def_property_readonly("isa", [](const Packed<S>& w) { return w.isa; })
-      .def_property_readonly("half", [](const Packed<S>& w) { return w.half; })
+      .def_property_readonly("half", [](const Packed<S>& w) { return w.quant == lstmx::kHalf; })
+      .def_property_readonly("int8", [](const Packed<S>& w) { return w.quant == lstmx::kInt8; })
       .def_property_readonly("nbytes", [](const Packed<S>& w) { return w.k->packed_nbytes(w.p); });
   py::class_<Cache<S>, std::shared_ptr<Cache<S>>>(m, cache_name,
                                                   "Forward workspace kept for backward.")
@@ -699,15 +702,17 @@ PYBIND11_MODULE(_core, m) {
   bind_dtype<float>(m, "Cache_f32", "Packed_f32");
   bind_dtype<double>(m, "Cache_f64", "Packed_f64");
   m.def("pack", [](const py::array& w_ih, const py::array& w_hh, const py::object& w_hr,
-                   bool half) -> py::object {
+                   bool half, bool int8) -> py::object {
     if (py::isinstance<py::array_t<float>>(w_hh))
-      return py::cast(pack<float>(w_ih, w_hh, w_hr, half));
+      return py::cast(pack<float>(w_ih, w_hh, w_hr, half, int8));
     if (py::isinstance<py::array_t<double>>(w_hh))
-      return py::cast(pack<double>(w_ih, w_hh, w_hr, half));
+      return py::cast(pack<double>(w_ih, w_hh, w_hr, half, int8));
     throw py::type_error("w_hh: expected a numpy array of float32 or float64");
   }, py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr") = py::none(), py::arg("half") = false,
+        py::arg("int8") = false,
         "The weights packed by the active kernels, for forward(..., packed=); half: also in "
-        "float16 for step_plan (float32 weights that float16 holds exactly).");
+        "float16 for step_plan (float32 weights that float16 holds exactly); int8: W_ih and "
+        "W_hh in int8 instead, for step_plan only (lstmx.h, Packed).");
   m.def("forward", &forward_any, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("batch_first"),
         py::arg("training"), py::arg("naive") = false, py::kw_only(),

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <new>
 #include <optional>
@@ -841,6 +842,125 @@ EIGEN_ALWAYS_INLINE void panel_rows_half(Index B, Index K, const std::uint16_t* 
   }
 }
 
+// ---- int8 panels (Packed::q8, read by lstm_step): dynamic quantization -----------------------
+// A vector v (a row of W_ih or W_hh, or a step's row of x or h) with m = max |v_k| is held as
+// the integers q_k = rint(v_k * (127 / m)), in [-127, 127], and its scale m / 127, all in float32
+// (q = 0 and scale 0 if m < 2^-100; a NaN scale, so NaN results, if v is not finite). A gate's
+// pre-activation is float(sum_k qa_k qw_k) * (sa * sw) + the bias: the sums are of integers,
+// exact, so the results do not depend on the ISA, the thread count or the order of the sums
+// (lstmx.reference.step_int8 computes them in NumPy, bitwise).
+struct QScale {
+  float scale, inv;
+};
+inline QScale q_scale(float m) {  // m: max |v_k|, NaN if some v_k is not finite
+  if (!(m <= std::numeric_limits<float>::max())) return {std::numeric_limits<float>::quiet_NaN(), 0.f};
+  if (m < 0x1p-100f) return {0.f, 0.f};
+  return {m / 127.f, 127.f / m};
+}
+inline int q_round(float v, float inv) {  // rint(v * inv) for |v * inv| <= 127 (to even)
+  const float t = v * inv;
+  return int((t + 12582912.f) - 12582912.f);  // 1.5 * 2^23: integers from here on
+}
+
+// Row a [K] of x or h, quantized, as q + 128 (unsigned, for vpdpbusd) into out [4 ceil(K/4)]
+// (the padding 128: q = 0). Returns its scale.
+inline float q_row(Index K, const float* a, std::uint8_t* out) {
+  using P = Pk<float>;
+  constexpr Index V = kV<float>;
+  P m = ei::pzero(P()), bad = ei::pzero(P());
+  Index k = 0;
+  for (; k + V <= K; k += V) {
+    const P v = ei::ploadu<P>(a + k);
+    m = ei::pmax(m, ei::pabs(v)), bad = ei::padd(bad, ei::pmul(v, ei::pzero(v)));
+  }
+  float mx = ei::predux_max(m), nan = ei::predux(bad);  // nan: NaN if any v is inf or NaN
+  for (; k < K; ++k) mx = std::max(mx, std::fabs(a[k])), nan += a[k] * 0.f;
+  const QScale s = q_scale(nan == 0 ? mx : nan);
+  k = 0;
+  if (s.inv != 0)
+    for (; k < K; ++k) out[k] = std::uint8_t(q_round(a[k], s.inv) + 128);
+  for (; k < 4 * ceil_div(K, 4); ++k) out[k] = 128;
+  return s.scale;
+}
+
+// acc [B, 4V] = for each row b of a [B, lda] (q + 128, 4 ceil(K/4) bytes used) and lane j, the
+// sum over k of a_bk * wq's (k, j), wq [K4, 4V, 4] one panel of Packed::q8.
+#if defined(__AVX512F__)
+template <int R>  // rows of a at once, each 4 accumulators of 16 lanes (4V = 64 with AVX-512)
+__attribute__((target("avx512vnni"))) void q8_tile_vnni(Index K4, const std::int8_t* wq,
+                                                         const std::uint8_t* a, Index lda,
+                                                         std::int32_t* acc) {
+  __m512i s[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q) s[r][q] = _mm512_setzero_si512();
+  for (Index k = 0; k < K4; ++k) {
+    const std::int8_t* w = wq + k * 256;
+    const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 64),
+                  w2 = _mm512_load_si512(w + 128), w3 = _mm512_load_si512(w + 192);
+    for (int r = 0; r < R; ++r) {
+      std::int32_t a4;
+      std::memcpy(&a4, a + r * lda + 4 * k, 4);
+      const __m512i av = _mm512_set1_epi32(a4);
+      s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, w0), s[r][1] = _mm512_dpbusd_epi32(s[r][1], av, w1);
+      s[r][2] = _mm512_dpbusd_epi32(s[r][2], av, w2), s[r][3] = _mm512_dpbusd_epi32(s[r][3], av, w3);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q) _mm512_store_si512(acc + r * 64 + q * 16, s[r][q]);
+}
+#endif
+
+inline void q8_dots(Index B, Index K4, const std::int8_t* wq, const std::uint8_t* a, Index lda,
+                    std::int32_t* acc) {
+  constexpr Index W = 4 * kV<float>;
+#if defined(__AVX512F__)
+  static_assert(W == 64, "q8_tile_vnni: 64 lanes");
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (vnni) {
+    Index b = 0;
+    for (; b + 4 <= B; b += 4) q8_tile_vnni<4>(K4, wq, a + b * lda, lda, acc + b * W);
+    for (; b + 2 <= B; b += 2) q8_tile_vnni<2>(K4, wq, a + b * lda, lda, acc + b * W);
+    if (b < B) q8_tile_vnni<1>(K4, wq, a + b * lda, lda, acc + b * W);
+    return;
+  }
+#endif
+  for (Index b = 0; b < B; ++b) {  // portable: the same integer sums
+    std::int32_t* c = acc + b * W;
+    const std::uint8_t* ab = a + b * lda;
+    for (Index j = 0; j < W; ++j) c[j] = 0;
+    for (Index k = 0; k < K4; ++k) {
+      const std::int32_t a0 = ab[4 * k], a1 = ab[4 * k + 1], a2 = ab[4 * k + 2], a3 = ab[4 * k + 3];
+      const std::int8_t* w = wq + k * W * 4;
+      for (Index j = 0; j < W; ++j)
+        c[j] += a0 * w[4 * j] + a1 * w[4 * j + 1] + a2 * w[4 * j + 2] + a3 * w[4 * j + 3];
+    }
+  }
+}
+
+// Panel p of Packed::q8 from the float32 panel wp [K, 4V] (Panels::Gates, as pack_forward
+// writes it): wq [K4, 4V, 4], each lane's scale and 128 * its sum of q. False if wp holds a
+// value that is not finite.
+inline bool q8_panel(Index K, const float* wp, std::int8_t* wq, float* scale, std::int32_t* qsum) {
+  constexpr Index W = 4 * kV<float>;
+  const Index K4 = ceil_div(K, 4);
+  for (Index j = 0; j < W; ++j) {
+    float mx = 0;
+    for (Index k = 0; k < K; ++k) {
+      const float v = std::fabs(wp[k * W + j]);
+      if (!(v <= std::numeric_limits<float>::max())) return false;
+      mx = std::max(mx, v);
+    }
+    const QScale s = q_scale(mx);
+    std::int32_t sum = 0;
+    for (Index k = 0; k < 4 * K4; ++k) {
+      const int q = k < K && s.inv != 0 ? q_round(wp[k * W + j], s.inv) : 0;
+      wq[(k / 4 * W + j) * 4 + k % 4] = std::int8_t(q), sum += q;
+    }
+    scale[j] = s.scale, qsum[j] = 128 * sum;
+  }
+  return true;
+}
+
 // The projection h = r W_hr^T of one panel (Plain, K = H): units [u0, u0 + 4V) of the R = P,
 // for rows [0, B) with r's row b at a_row(b); emit(b, j0, nv, h) for each vector of units
 // [j0, j0 + nv) that exists.
@@ -1320,19 +1440,30 @@ void pack_backward(const Cache<S>& cache, Index h0, Index h1, S* whr) {
 template <typename S>
 struct Packed {
   Index I, H, P;
-  std::size_t cap[5] = {};
   S* w[3] = {};  // wi, wh, whr as pack_forward writes them, on huge pages
-  std::uint16_t* half[2] = {};  // wi, wh in float16 (same layout), if made with half
-  Packed(const Dims& d, bool with_half) : I(d.I), H(d.H), P(d.P) {
+  std::uint16_t* half[2] = {};  // wi, wh in float16 (same layout), if made with kHalf
+  // kInt8 (then w[0], w[1] are freed once these are made): wi, wh as int8 in quads
+  // [panels, ceil(K / 4), 4V, 4] (q8_panels), each row's scale and 128 times its sum of q
+  std::int8_t* q8[2] = {};
+  float* qscale[2] = {};       // [panels * 4V]
+  std::int32_t* qsum[2] = {};  // [panels * 4V]
+  std::size_t cap[11] = {};
+  Packed(const Dims& d, int quant) : I(d.I), H(d.H), P(d.P) {
     constexpr Index W = 4 * kV<S>;
     const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
     const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
     const Index n[3] = {np * d.I * W, np * d.R() * W, npr * d.H * W};
+    auto block = [&](std::size_t bytes, int slot) { return alloc_block(bytes, cap[slot]); };
     try {
-      for (int k = 0; k < 3; ++k)
-        w[k] = static_cast<S*>(alloc_block(std::size_t(n[k]) * sizeof(S), cap[k]));
-      for (int k = 0; with_half && k < 2; ++k)
-        half[k] = static_cast<std::uint16_t*>(alloc_block(std::size_t(n[k]) * 2, cap[3 + k]));
+      for (int k = 0; k < 3; ++k) w[k] = static_cast<S*>(block(std::size_t(n[k]) * sizeof(S), k));
+      for (int k = 0; quant == kHalf && k < 2; ++k)
+        half[k] = static_cast<std::uint16_t*>(block(std::size_t(n[k]) * 2, 3 + k));
+      for (int k = 0; quant == kInt8 && k < 2; ++k) {
+        const Index K4 = ceil_div(k ? d.R() : d.I, 4);
+        q8[k] = static_cast<std::int8_t*>(block(std::size_t(np * K4 * W * 4), 5 + k));
+        qscale[k] = static_cast<float*>(block(std::size_t(np * W) * 4, 7 + k));
+        qsum[k] = static_cast<std::int32_t*>(block(std::size_t(np * W) * 4, 9 + k));
+      }
     } catch (...) {
       release();
       throw;
@@ -1344,6 +1475,10 @@ struct Packed {
   void release() {
     for (S*& p : w) std::free(p), p = nullptr;
     for (std::uint16_t*& p : half) std::free(p), p = nullptr;
+    for (int k = 0; k < 2; ++k) {
+      std::free(q8[k]), std::free(qscale[k]), std::free(qsum[k]);
+      q8[k] = nullptr, qscale[k] = nullptr, qsum[k] = nullptr;
+    }
   }
 };
 
@@ -1361,6 +1496,7 @@ struct Weights {
     if (packed) {
       if (packed->I != d.I || packed->H != d.H || packed->P != d.P)
         throw std::invalid_argument("packed: made for other sizes");
+      if (!packed->w[1]) throw std::invalid_argument("packed: int8 weights are for lstm_step only");
       wi = packed->w[0], wh = packed->w[1], whr = packed->w[2];
       return;
     }
@@ -2499,7 +2635,17 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
     Index q0, q1;
     share(ceil_div(d.P, W), nt, tid, q0, q1);  // or its packed panels of 4V units
     Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' tiles
-    err.run([&] { z.resize(B * W), part.resize(B * W); });
+    // int8 panels: x and h quantized, qa [2][B, A4] (q + 128), their scales sa [2][B] and the
+    // integer sums of one panel, iacc [B, 4V] (this thread's copies; q_row)
+    const bool q8 = std::is_same_v<S, float> && layers[0].packed && layers[0].packed->q8[0];
+    const Index A4 = 4 * ceil_div(std::max(d.I, R), 4);
+    Buf<std::uint8_t> qa;
+    Buf<float> sa;
+    Buf<std::int32_t> iacc;
+    err.run([&] {
+      z.resize(B * W), part.resize(B * W);
+      if (q8) qa.resize(2 * B * A4), sa.resize(2 * B), iacc.resize(B * W);
+    });
     static thread_local unsigned calls = 0;  // this thread's: every other call visits down
     const bool down = ++calls % 2;
     for (Index k = 0; k < L; ++k) {
@@ -2534,6 +2680,11 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
       };
       const StepLayer<S>& l = layers[k];
       err.run([&] {
+        if constexpr (std::is_same_v<S, float>)
+          for (Index b = 0; q8 && b0 < b1 && b < B; ++b) {
+            sa.data()[b] = q_row(dk.I, xk + b * dk.I, qa.data() + b * A4);
+            sa.data()[B + b] = q_row(R, hk + b * R, qa.data() + (B + b) * A4);
+          }
         for (Index bi = b0; bi < b1; ++bi) {
           const Index blk = visit(down, b0, b1, bi);
           const Index j0 = blk * V, nv = std::min(V, H - j0);
@@ -2541,9 +2692,28 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
             // (from the float16 panels if there are: the same sums, panel_rows_half)
             auto panel = [&](int m, Index K, auto&& a_row, auto&& init, auto&& done)
                              __attribute__((always_inline)) {
-              if constexpr (std::is_same_v<S, float>)
+              if constexpr (std::is_same_v<S, float>) {
                 if (const std::uint16_t* hw = l.packed->half[m])
                   return panel_rows_half(B, K, hw + blk * K * W, a_row, init, done, part.data());
+                if (q8) {  // the integer sums, then init + float(sum) * (sa * sw)
+                  const Index K4 = ceil_div(K, 4);
+                  q8_dots(B, K4, l.packed->q8[m] + blk * K4 * W * 4, qa.data() + m * B * A4, A4,
+                          iacc.data());
+                  const float* sw = l.packed->qscale[m] + blk * W;
+                  const std::int32_t* qs = l.packed->qsum[m] + blk * W;
+                  for (Index b = 0; b < B; ++b) {
+                    const float s = sa.data()[m * B + b];
+                    const std::int32_t* ib = iacc.data() + b * W;
+                    float* pb = part.data() + b * W;
+                    for (Index j = 0; j < W; ++j) pb[j] = float(ib[j] - qs[j]) * (s * sw[j]);
+                    done(b, ei::padd(init(b, 0), ei::pload<P>(pb)),
+                         ei::padd(init(b, 1), ei::pload<P>(pb + V)),
+                         ei::padd(init(b, 2), ei::pload<P>(pb + 2 * V)),
+                         ei::padd(init(b, 3), ei::pload<P>(pb + 3 * V)));
+                  }
+                  return;
+                }
+              }
               panel_rows<S>(B, K, l.packed->w[m] + blk * K * W, a_row, init, done, part.data());
             };
             panel(
@@ -2602,31 +2772,44 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
 namespace {
 template <typename S>
 Packed<S>* packed_new(int threads, const Dims& d, const S* w_ih, const S* w_hh, const S* w_hr,
-                      bool half) {
+                      int quant) {
   if (d.P && !w_hr) throw std::invalid_argument("w_hr: required when P > 0");
-  if (half && !std::is_same_v<S, float>)
-    throw std::invalid_argument("half: float16 panels are for float32 weights only");
-  auto pk = std::make_unique<Packed<S>>(d, half);
+  if (quant != kNone && !std::is_same_v<S, float>)
+    throw std::invalid_argument("quant: float16 and int8 panels are for float32 weights only");
+  if (quant == kInt8 && std::max(d.I, d.R()) > 65536)  // the int32 sums must not overflow
+    throw std::invalid_argument("int8: at most 65536 inputs to a gate, got " +
+                                std::to_string(std::max(d.I, d.R())));
+  auto pk = std::make_unique<Packed<S>>(d, quant);
   constexpr Index W = 4 * kV<S>;
   const Index np = panel_count<S>(Panels::Gates, 4 * d.H);
   const Index npr = d.P ? panel_count<S>(Panels::Plain, d.P) : 0;
-  std::atomic<bool> inexact{false};
+  std::atomic<bool> bad{false};
   with_team(threads, np, 2.0 * 4 * d.H * (d.I + d.R()), [&](int tid, int nt, Errors& err) {
     Index p0, p1, r0, r1;
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, r0, r1);
     err.run([&] { pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, pk->w[0], pk->w[1], pk->w[2]); });
-    for (int k = 0; half && k < 2; ++k) {  // this thread's panels, as lstm_step shares them
+    for (int k = 0; quant != kNone && k < 2; ++k) {  // this thread's panels, as lstm_step shares them
       const Index K = k ? d.R() : d.I;
-      for (Index i = p0 * K * W; i < p1 * K * W; ++i) {
+      if constexpr (std::is_same_v<S, float>)
+        for (Index p = p0; quant == kInt8 && p < p1; ++p)
+          if (!q8_panel(K, pk->w[k] + p * K * W, pk->q8[k] + p * ceil_div(K, 4) * W * 4,
+                        pk->qscale[k] + p * W, pk->qsum[k] + p * W))
+            bad = true;
+      for (Index i = p0 * K * W; quant == kHalf && i < p1 * K * W; ++i) {
         const int h = to_half(float(pk->w[k][i]));
-        if (h < 0) inexact = true;
+        if (h < 0) bad = true;
         pk->half[k][i] = std::uint16_t(h < 0 ? 0 : h);
       }
     }
   });
-  if (inexact)
+  if (bad && quant == kHalf)
     throw std::invalid_argument("half: w_ih, w_hh hold values that float16 cannot hold exactly");
+  if (bad) throw std::invalid_argument("int8: w_ih, w_hh hold values that are not finite");
+  for (int k = 0; quant == kInt8 && k < 2; ++k) {  // only the int8 panels are read
+    std::free(pk->w[k]);
+    pk->w[k] = nullptr, pk->cap[k] = 0;
+  }
   return pk.release();
 }
 
@@ -2649,7 +2832,9 @@ KernelTable<S> table() {
           [](const Cache<S>* c) { return c->nbytes(); }, &lstm_forward<S>, &packed_new<S>,
           [](Packed<S>* p) { delete p; },
           [](const Packed<S>* p) {
-            return p->cap[0] + p->cap[1] + p->cap[2] + p->cap[3] + p->cap[4];
+            std::size_t n = 0;
+            for (std::size_t c : p->cap) n += c;
+            return n;
           },
           &lstm_backward<S>, &lstm_step<S>, &activations<S>};
 }

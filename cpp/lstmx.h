@@ -314,9 +314,15 @@ struct Cache {
 // that they otherwise pack at the start of every call): for inference on fixed weights, as an
 // inference server runs (ONNX Runtime packs at session creation). Opaque; made and freed by the
 // ISA module whose kernels read it (the panel width is the module's SIMD width). The layout
-// does not depend on the thread count. Made with half (float only), it also holds the panels of
-// W_ih^T and W_hh^T as IEEE float16, which lstm_step reads instead (half the bytes; every
+// does not depend on the thread count. Made with kHalf (float only), it also holds the panels
+// of W_ih^T and W_hh^T as IEEE float16, which lstm_step reads instead (half the bytes; every
 // weight must be a float16 value, so the results are those of the float32 panels, bitwise).
+// Made with kInt8 (float only), it holds W_ih^T and W_hh^T only as int8, each row of W_ih and
+// W_hh with its own scale, for lstm_step only (a quarter of the bytes; the forward kernels
+// refuse it): a step quantizes each row of x and h likewise, sums the products of the integers
+// exactly (vpdpbusd where the CPU has AVX512-VNNI) and scales the sums (dynamic quantization,
+// as torch.ao's quantized dynamic LSTM; lstm.cpp, q_scale, has the rounding).
+enum Quant : int { kNone = 0, kHalf = 1, kInt8 = 2 };
 template <typename S>
 struct Packed;
 
@@ -379,7 +385,8 @@ struct StepLayer {
 // a time; one barrier per layer (two with a projection). A
 // layer with packed weights (LSTM.freeze) runs the forward kernels' panels instead: one
 // sequential stream of weights per thread, no reductions across lanes; float16 panels where
-// the Packed has them (the same sums in the same order: bitwise the float32 panels' results).
+// the Packed has them (the same sums in the same order: bitwise the float32 panels' results),
+// int8 ones where it has those (then x and h are quantized too: see Packed).
 // Options: clip, input_forget, zoneout_h/c (their expectation); the peepholes
 // come per layer. Layer norm, lengths, reverse and dropout throw std::invalid_argument. The
 // results equal lstm_forward's over T = 1 up to rounding (sums run in another order).
@@ -398,10 +405,11 @@ struct KernelTable {
   void (*forward)(Kernel, int, const Dims&, const Options<S>&, const S*, const S*, const S*,
                   const S*, const S*, const S*, S*, S*, S*, Cache<S>*, const Packed<S>*);
   // W_ih [4H, I], W_hh [4H, R], W_hr [P, H] (d.P > 0) packed for d's I, H and P, by threads;
-  // half: W_ih^T and W_hh^T in float16 too (std::invalid_argument unless S is float and every
-  // weight of W_ih and W_hh is a float16 value).
+  // quant (Quant) kHalf: W_ih^T and W_hh^T in float16 too (std::invalid_argument unless S is
+  // float and every weight of W_ih and W_hh is a float16 value); kInt8: those two in int8
+  // instead (std::invalid_argument unless S is float and they are finite).
   Packed<S>* (*packed_new)(int threads, const Dims& d, const S* w_ih, const S* w_hh,
-                           const S* w_hr, bool half);
+                           const S* w_hr, int quant);
   void (*packed_free)(Packed<S>*);
   std::size_t (*packed_nbytes)(const Packed<S>*);
   void (*backward)(Kernel, int, const Cache<S>&, const S*, const S*, const S*, const Grads<S>&);
@@ -411,7 +419,7 @@ struct KernelTable {
   void (*activations)(Index n, const S* x, S* sig, S* th);
 };
 
-constexpr int kBackendAbi = 8;
+constexpr int kBackendAbi = 9;
 struct Backend {
   int abi;           // kBackendAbi
   const char* isa;   // "sse2", "avx2", "avx512" or "generic"

@@ -125,6 +125,20 @@ def _frozen_step(dt: np.dtype[Any]) -> dict[str, Any]:
     return dict(kw, self=kw["self"].freeze(np.float16 if dt == np.float32 else None))
 
 
+def _int8_step(dt: np.dtype[Any]) -> dict[str, Any]:
+    """FrozenLSTM.step as _layer_step, on int8 panels where the layer is float32."""
+    kw = _layer_step(dt)
+    return dict(kw, self=kw["self"].freeze(np.int8 if dt == np.float32 else None))
+
+
+def _int8_x(dt: np.dtype[Any]) -> dict[str, Any]:
+    """FrozenLSTM.__call__ (step by step with int8 panels where the layer is float32)."""
+    kw = _layer_step(dt)
+    c = case(dt)
+    return dict(self=kw["self"].freeze(np.int8 if dt == np.float32 else None), x=c["x"],
+                hx=kw["state"], lengths=[3, 1])
+
+
 def _layer_backward(dt: np.dtype[Any]) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     m = _layer(dt)
@@ -236,6 +250,11 @@ ENTRIES = [
           dict(x="array", state="object"), frozenset({"state"})),
     Entry("FrozenLSTM.step (float16 weights in float32)", lambda self, **k: self.step(**k),
           _frozen_step, dict(x="array", state="object"), frozenset({"state"})),
+    Entry("FrozenLSTM.step (int8 weights in float32)", lambda self, **k: self.step(**k),
+          _int8_step, dict(x="array", state="object"), frozenset({"state"})),
+    Entry("FrozenLSTM.__call__ (int8 weights in float32)", lambda self, **k: self(**k),
+          _int8_x, dict(x="array", hx="object", lengths="lengths"),
+          frozenset({"hx", "lengths"}), bad=dict(lengths=BAD_LENGTHS)),
     Entry("LSTM.load_state_dict",
           lambda self, **k: (self.load_state_dict(**k), self.state_dict())[1],
           lambda dt: dict(self=_layer(dt), state=_layer(np.dtype(np.float32), seed=4)

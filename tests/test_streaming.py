@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_close
 
 import lstmx
-from lstmx import _core
+from lstmx import _core, reference
 
 VARIANTS: list[dict[str, Any]] = [
     {},
@@ -313,7 +313,7 @@ def test_float16_weights_arguments() -> None:
     with pytest.raises(ValueError, match="weight_dtype: expected None, float64 or"):
         lstmx.LSTM(3, 4, dtype=np.float64).freeze(np.float16)
     with pytest.raises(ValueError, match="weight_dtype: expected"):
-        m.freeze(np.int8)
+        m.freeze(np.int16)
     with pytest.raises(TypeError, match="weight_dtype:"):
         m.freeze("bfloat17")
     m.weight_hh_l0[1, 2] = 1e5
@@ -326,3 +326,136 @@ def test_float16_weights_arguments() -> None:
     with pytest.raises(TypeError, match="half: float16 panels need float32 weights"):
         _core.pack(w.astype(np.float64), np.zeros((16, 4)), half=True)
     assert _core.pack(w, np.zeros((16, 4), np.float32)).half is False
+
+
+INT8_VARIANTS: list[dict[str, Any]] = [
+    {},
+    dict(num_layers=3, peephole=True, clip=0.5),
+    dict(num_layers=2, proj_size=9, input_forget=True, zoneout_h=0.3, zoneout_c=0.2),
+    dict(bias=False, forget_bias=None),
+]
+
+
+def _int8_reference(m: lstmx.LSTM, x: np.ndarray, hx: Any = None, lengths: Any = None
+                    ) -> tuple[np.ndarray, Any]:
+    y, state, _ = reference.lstm_stack_forward(
+        x, m.named_parameters(), num_layers=m.num_layers, hx=hx, lengths=lengths, clip=m.clip,
+        input_forget=m.input_forget, zoneout_h=m.zoneout_h, zoneout_c=m.zoneout_c, int8=True)
+    return y, state
+
+
+@pytest.mark.parametrize("kw", INT8_VARIANTS)
+@pytest.mark.parametrize("batch", [1, 2, 7])  # VNNI tiles of 1, 2 and 4 rows
+def test_int8_step_is_the_reference(isa: str, kw: dict[str, Any], batch: int) -> None:
+    """freeze(np.int8): each step quantizes x and h per row and sums integer products exactly,
+    as lstmx.reference does (I = 37, R = 9 or 70: quads padded); the same bits for any thread
+    count; within about 1% of the float32 layer."""
+    m = lstmx.LSTM(37, 70, seed=3, **kw)
+    q = m.freeze(np.int8)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, batch, 37)).astype(np.float32)
+    hx = tuple(0.5 * rng.standard_normal(a.shape).astype(np.float32)
+               for a in m.initial_state(batch))
+    ys, state = _stepped(q, x, hx)
+    y, (h_n, c_n) = _int8_reference(m, x, hx)
+    # The sums are exact; the cell's float32 functions differ from NumPy's by ulps, which can
+    # move a quantized h by one step of its grid at the next step: hence 1e-4, not 1e-6.
+    for got, want in ((ys, y), (state.h, h_n), (state.c, c_n)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=isa)
+    y32, _ = m(x, hx)
+    assert 0 < np.abs(ys - y32).max() < 0.02 * np.abs(y32).max()
+    old = lstmx.get_num_threads()
+    try:
+        for n in (1, 3):  # integer sums: the same bits whichever thread runs a unit
+            lstmx.set_num_threads(n)
+            np.testing.assert_array_equal(_stepped(q, x, hx)[0], ys)
+    finally:
+        lstmx.set_num_threads(old)
+    y1, (h1, c1) = q(x, hx)  # a sequence: step by step
+    for got, want in ((y1, ys), (h1, state.h), (c1, state.c)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_int8_single_step_matches_the_reference_closely() -> None:
+    """One step from a given state: the pre-activations are bitwise the reference's, so only
+    the cell's functions differ (float32 ulps)."""
+    m = lstmx.LSTM(300, 256, num_layers=1, seed=7)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 300)).astype(np.float32) * np.float32([[1], [1e-3], [40]])
+    hx = tuple(rng.standard_normal(a.shape).astype(np.float32) for a in m.initial_state(3))
+    y, state = m.freeze(np.int8).step(x, hx)
+    yr, (hr, cr) = _int8_reference(m, x[None], hx)
+    np.testing.assert_allclose(y, yr[0], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(state.c, cr, rtol=0, atol=2e-6)
+
+
+def test_int8_rows_are_independent() -> None:
+    """Each batch row has its own scale: a NaN, zeros or a huge row changes only its own
+    outputs (NaN for the NaN row, as the float32 layer gives)."""
+    m = lstmx.LSTM(20, 24, num_layers=2, seed=1)
+    q = m.freeze(np.int8)
+    x = np.random.default_rng(2).standard_normal((4, 20)).astype(np.float32)
+    x[1] = 0
+    x[2, 3] = np.nan
+    x[3] *= 1e30
+    y, state = q.step(x)
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    for b in (0, 1, 3):
+        yb, sb = q.step(x[b:b + 1])
+        np.testing.assert_array_equal(yb[0], y[b])
+        np.testing.assert_array_equal(sb.c[:, 0], state.c[:, b])
+    yr, _ = _int8_reference(m, x[None])
+    np.testing.assert_allclose(y, yr[0], rtol=0, atol=2e-6)
+
+
+def test_int8_sequence_calls() -> None:
+    """FrozenLSTM(int8)(x): lengths (an ended sequence keeps its state, y = 0), batch_first,
+    unbatched input, as the reference."""
+    m = lstmx.LSTM(6, 8, num_layers=2, proj_size=5, batch_first=True, seed=4)
+    q = m.freeze("int8")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32)  # [B, T, I]
+    lengths = np.array([5, 0, 2])
+    y, (h_n, c_n) = q(x, lengths=lengths)
+    yr, (hr, cr) = _int8_reference(m, x.swapaxes(0, 1), lengths=lengths)
+    np.testing.assert_allclose(y, yr.swapaxes(0, 1), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(h_n, hr, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(c_n, cr, rtol=0, atol=1e-4)
+    assert (y[1] == 0).all() and (y[2, 2:] == 0).all() and (h_n[:, 1] == 0).all()
+    y1, (h1, c1) = q(x[0])  # unbatched [T, I]
+    np.testing.assert_array_equal(y1, q(x[:1])[0][0])
+    assert h1.shape == (2, 5) and c1.shape == (2, 8)
+
+
+def test_int8_arguments() -> None:
+    m = lstmx.LSTM(30, 40, seed=0)
+    q = m.freeze(np.int8)
+    assert q.weight_dtype == np.int8 and repr(q) == f"FrozenLSTM({m!r}, weight_dtype='int8')"
+    assert q.nbytes < m.freeze(np.float16).nbytes / 2  # int8 panels only (and W_hr's)
+    np.testing.assert_array_equal(q.layer.weight_ih_l0, m.weight_ih_l0)  # not rounded
+    g = pickle.loads(pickle.dumps(q))
+    x = np.ones((2, 30), np.float32)
+    np.testing.assert_array_equal(g.step(x)[0], q.step(x)[0])
+    for kw, what in ((dict(bidirectional=True), "bidirectional"), (dict(reverse=True), "reverse"),
+                     (dict(layer_norm=True), "layer_norm")):
+        with pytest.raises(ValueError, match=f"int8 is for the streaming step, not with {what}"):
+            lstmx.LSTM(3, 4, **kw).freeze(np.int8)
+    with pytest.raises(ValueError, match="weight_dtype: expected None, float64 or"):
+        lstmx.LSTM(3, 4, dtype=np.float64).freeze(np.int8)
+    m.weight_hh_l0[1, 2] = np.inf
+    with pytest.raises(ValueError, match="int8 needs finite weights; weight_hh_l0 has 1 values"):
+        m.freeze(np.int8)
+    w, u = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32)
+    with pytest.raises(ValueError, match="half, int8: at most one of them"):
+        _core.pack(w, u, half=True, int8=True)
+    with pytest.raises(TypeError, match="int8: int8 panels need float32 weights"):
+        _core.pack(w.astype(np.float64), u.astype(np.float64), int8=True)
+    w[3, 1] = np.nan
+    with pytest.raises(ValueError, match="int8: w_ih, w_hh hold values that are not finite"):
+        _core.pack(w, u, int8=True)
+    w[3, 1] = 1
+    pk = _core.pack(w, u, int8=True)
+    assert pk.int8 and not pk.half
+    with pytest.raises(ValueError, match="packed: int8 weights are for lstm_step only"):
+        _core.forward(np.ones((2, 1, 3), np.float32), w, u, None, None, None, False, False,
+                      packed=pk)

@@ -48,6 +48,8 @@ class _Packed(_Sized):  # stub-only: the properties that Packed_f32 and Packed_f
     def isa(self) -> str: ...
     @property
     def half(self) -> bool: ...
+    @property
+    def int8(self) -> bool: ...
 
 class Packed_f32(_Packed):
     """float32 weights, packed."""
@@ -56,9 +58,10 @@ class Packed_f64(_Packed):
     """float64 weights, packed."""
 
 def pack(w_ih: _Array, w_hh: _Array, w_hr: _Array | None = None,
-         half: bool = False) -> Packed_f32 | Packed_f64:
+         half: bool = False, int8: bool = False) -> Packed_f32 | Packed_f64:
     """The weights packed by the active kernels, for ``forward(..., packed=)``; ``half``: also
-    in float16 for ``step_plan`` (float32 weights that float16 holds exactly)."""
+    in float16 for ``step_plan`` (float32 weights that float16 holds exactly); ``int8``: W_ih
+    and W_hh in int8 instead, for ``step_plan`` only (lstmx.h, Packed)."""
 def forward(x: _Array, w_ih: _Array, w_hh: _Array, bias: _Array | None, h0: _Array | None,
             c0: _Array | None, batch_first: bool, training: bool, naive: bool = False, *,
             lengths: npt.NDArray[np.int64] | None = None, reverse: bool = False,

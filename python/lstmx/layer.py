@@ -452,6 +452,11 @@ class LSTM:
         parameters) to the nearest float16 and computes in float32 with them: every result
         is bitwise that of this layer with its weights so rounded. :meth:`FrozenLSTM.step`
         then reads them as float16, half the bytes (the faster step at B = 1; see
+        ``docs/variants.md``). ``weight_dtype=np.int8`` (float32 layers; one direction, no
+        layer norm) quantizes instead: :meth:`FrozenLSTM.step` computes ``x W_ih^T`` and
+        ``h W_hh^T`` from int8 weights (each row with its own scale) and ``x`` and ``h``
+        quantized likewise at every step, the fastest step (dynamic quantization, as
+        ``torch.ao.nn.quantized.dynamic.LSTM``; results within about 1% of float32, see
         ``docs/variants.md``). ``None`` keeps the layer's dtype."""
         return FrozenLSTM(self, weight_dtype)
 
@@ -699,6 +704,9 @@ class FrozenLSTM:
     :meth:`step` on the packed weights (the faster one at B = 1). A snapshot: it holds its own
     copy of the layer (``layer``), its weight matrices rounded to float16 with
     ``weight_dtype=np.float16`` (then the results are bitwise those of that rounded layer).
+    With ``weight_dtype=np.int8`` every step is quantized (:meth:`LSTM.freeze`), and a call on
+    a sequence runs step by step: the results are those of
+    ``lstmx.reference.lstm_stack_forward(..., int8=True)``, not of the layer.
     Pickles (packing again on load). The packing belongs to the kernels active when it was
     made: if they change (``_core.set_isa``), calls raise ``ValueError`` until the layer is
     frozen again."""
@@ -711,9 +719,15 @@ class FrozenLSTM:
             wd = layer.dtype if weight_dtype is None else np.dtype(weight_dtype)
         except TypeError as e:
             raise TypeError(f"weight_dtype: {e}") from None
-        if wd != layer.dtype and not (wd == np.float16 and layer.dtype == np.float32):
+        if wd != layer.dtype and not (wd in (np.float16, np.int8) and layer.dtype == np.float32):
             raise ValueError(f"weight_dtype: expected None, {layer.dtype} or (float32 layers) "
-                             f"float16, got {wd}")
+                             f"float16 or int8, got {wd}")
+        int8 = wd == np.int8
+        if int8 and (layer.bidirectional or layer.reverse or layer.layer_norm):
+            what = ("bidirectional" if layer.bidirectional else "reverse" if layer.reverse
+                    else "layer_norm")
+            raise ValueError(f"weight_dtype: int8 is for the streaming step, not with "
+                             f"{what}=True")
         self.weight_dtype: np.dtype[Any] = wd
         self.layer = copy.deepcopy(layer)
         lay, D, R = self.layer, self.layer._D, self.layer._R
@@ -726,6 +740,9 @@ class FrozenLSTM:
                     raise ValueError(f"weight_dtype: {name} has values beyond float16's range "
                                      f"(|w| <= 65504): max |w| = {np.abs(w).max()}")
                 w[...] = w16  # the snapshot's own copy, in place
+            if int8 and name.startswith("weight_") and not np.isfinite(w).all():
+                raise ValueError(f"weight_dtype: int8 needs finite weights; {name} has "
+                                 f"{int(np.count_nonzero(~np.isfinite(w)))} values that are not")
         # float16 panels for step() only: one pass a layer, no layer norm
         half_panels = half and D == 1 and not lay.layer_norm
         self._passes: list[_FrozenPass] = []
@@ -741,7 +758,8 @@ class FrozenLSTM:
                               zoneout_c=lay.zoneout_c, layer_norm=p["layer_norm"])
                 if a.w_hr is not None:
                     kw["w_hr"] = a.w_hr
-                kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr, half=half_panels)
+                kw["packed"] = _core.pack(a.w_ih, a.w_hh, a.w_hr, half=half_panels,
+                                          int8=int8)
                 # the binding's defaults (False, 0) left out: each keyword costs ~0.5 us a call
                 kw = {n: v for n, v in kw.items()
                       if not (isinstance(v, (bool, int, float)) and not v)}
@@ -750,8 +768,37 @@ class FrozenLSTM:
     def __call__(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None,
                  lengths: ArrayLike | None = None) -> tuple[Array, State]:
         """Inference forward, as :meth:`LSTM.__call__`: returns ``(y, (h_n, c_n))``."""
+        if self.weight_dtype == np.int8:
+            return self._steps(x, hx, lengths)
         y, state, _ = self.layer._run(x, hx, lengths, None, False, self._passes)
         return y, state
+
+    def _steps(self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None,
+               lengths: ArrayLike | None) -> tuple[Array, State]:
+        """:meth:`__call__` as one :meth:`step` a time step (int8: the kernels' int8 panels
+        serve the step only); a sequence that has ended keeps its state, and its ``y`` is 0."""
+        lay = self.layer
+        xa, h0, c0, lens, unbatched = lay._prepare(x, hx, lengths)
+        if lay.batch_first:
+            xa = xa.swapaxes(0, 1)
+        T, B = xa.shape[:2]
+        _check_memory("x", T * B * lay._R * lay.dtype.itemsize, f"y of T*B = {T * B} rows")
+        y = np.zeros((T, B, lay._R), lay.dtype)
+        state = lay.initial_state(B) if h0 is None or c0 is None else StreamState(
+            _c_array(h0), _c_array(c0))
+        for t in range(T):
+            yt, new = self.step(_c_array(xa[t]), state)
+            if lens is not None and t >= lens.min():  # ended: keep the state, y = 0
+                run = lens > t
+                yt = np.where(run[:, None], yt, 0)
+                new = StreamState(np.where(run[:, None], new.h, state.h),
+                                  np.where(run[:, None], new.c, state.c))
+            y[t], state = yt, new
+        if lay.batch_first:
+            y = np.ascontiguousarray(y.swapaxes(0, 1))
+        if unbatched:
+            return (y[0] if lay.batch_first else y[:, 0]), (state.h[:, 0], state.c[:, 0])
+        return y, (state.h, state.c)
 
     forward = __call__
 

@@ -164,6 +164,35 @@ def _check_layer_norm(layer_norm: Any, H: int, dt: np.dtype[Any]) -> tuple[AnyAr
     return tuple(out)
 
 
+# ---- int8: dynamic quantization (FrozenLSTM with weight_dtype=np.int8) ---------------------
+
+
+def quantize_int8(v: AnyArray) -> tuple[AnyArray, AnyArray]:
+    """Each row (last axis) of float32 ``v`` as integers in ``[-127, 127]`` and a scale, as
+    lstmx's int8 step quantizes weights and activations: ``m = max |v|``, ``scale = m / 127``,
+    ``q = rint(v * (127 / m))`` in float32 (ties to even). Rows with ``m < 2^-100`` give zeros
+    and scale 0; rows that are not finite give zeros and a NaN scale (so NaN results). Returns
+    ``(q [..., n] int64, scale [...] float32)``."""
+    v = np.asarray(v, np.float32)
+    f32 = np.float32
+    finite = np.isfinite(v).all(-1)
+    with np.errstate(all="ignore"):
+        m = np.where(finite, np.abs(v).max(-1, initial=f32(0)), f32(0)).astype(f32)
+        use = m >= f32(2.0**-100)
+        inv = np.where(use, f32(127) / np.where(use, m, f32(1)), f32(0)).astype(f32)
+        scale = np.where(finite, np.where(use, m / f32(127), f32(0)), np.nan).astype(f32)
+        q = np.rint(np.where(use[..., None], v, f32(0)) * inv[..., None])
+    return q.astype(np.int64), scale
+
+
+def _int8_product(a: AnyArray, qw: AnyArray, sw: AnyArray) -> AnyArray:
+    """``a [n, K] @ w^T`` as the int8 step computes it from ``w``'s :func:`quantize_int8`
+    ``(qw [4H, K], sw [4H])``: ``float32(qa @ qw^T) * (sa * sw)``, the sums exact."""
+    qa, sa = quantize_int8(a)
+    out: AnyArray = (qa @ qw.T).astype(np.float32) * (sa[:, None] * sw[None, :])
+    return out
+
+
 # ---- one pass: one layer, one direction ----------------------------------------------------
 
 
@@ -194,7 +223,7 @@ def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
                  layer_norm: tuple[AnyArray, AnyArray, AnyArray, AnyArray] | None = None,
                  zoneout_h: float = 0.0, zoneout_c: float = 0.0, recurrent_dropout: float = 0.0,
                  training: bool = False, seed: int = 0,
-                 stream_base: int = 0
+                 stream_base: int = 0, int8: bool = False
                  ) -> tuple[AnyArray, AnyArray, AnyArray, dict[str, Any]]:
     """One pass (one layer, one direction) with every variant of ``docs/variants.md``.
 
@@ -209,6 +238,8 @@ def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
     [H], bias_c [H])``. ``training`` draws the zoneout masks (else the expectation is used) and
     applies recurrent dropout; masks come from :func:`uniform` with ``seed`` and the streams
     ``stream_base + 0`` (zoneout on c), ``+ 1`` (zoneout on h), ``+ 2`` (recurrent dropout).
+    ``int8`` (float32 inference, no layer norm): the products with ``w_ih`` and ``w_hh`` as the
+    int8 step computes them (:func:`quantize_int8`), ``z = (b + x W_ih^T) + h W_hh^T``.
     """
     a, w_hh, h0 = _check_pass(x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_first, w_hr)
     x, w_ih, dt, batch_first = a.x, a.w_ih, a.x.dtype, bool(batch_first)
@@ -227,6 +258,11 @@ def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
     p_zh, p_zc = _probability("zoneout_h", zoneout_h), _probability("zoneout_c", zoneout_c)
     p_rd = _probability("recurrent_dropout", recurrent_dropout, below_one=True)
     seed, stream_base = _uint("seed", seed), _uint("stream_base", stream_base, _U64 - 3)
+    qih = qhh = None  # int8: (q, scale) of w_ih's and w_hh's rows
+    if _flag("int8", int8):
+        if dt != np.float32 or training or ln is not None:
+            raise ValueError("int8: float32 inference without layer norm only")
+        qih, qhh = quantize_int8(w_ih), quantize_int8(w_hh)
 
     # Zoneout: the weight of the previous state, a 0/1 mask per (step, b, unit) in training,
     # the probability itself in inference; None without zoneout.
@@ -250,13 +286,16 @@ def lstm_forward(x: AnyArray, w_ih: AnyArray, w_hh: AnyArray,
         t = lengths[rows] - 1 - s if reverse else np.full(rows.size, s)
         st: dict[str, Any] = dict(rows=rows, t=t, x=x[t, rows], h_prev=h[rows], c_prev=c[rows])
         st["hr"] = st["h_prev"] if m_rd is None else st["h_prev"] * m_rd[rows]  # [n, R]
-        zx, zh = st["x"] @ w_ih.T, st["hr"] @ w_hh.T  # [n, 4H]
-        if ln is None:
-            z = zx + zh + b
+        if qih is not None and qhh is not None:  # int8 (the kernels' order of the sums)
+            z = (b + _int8_product(st["x"], *qih)) + _int8_product(st["hr"], *qhh)
         else:
-            st["nx"], st["sx"] = _normalize(zx)
-            st["nh"], st["sh"] = _normalize(zh)
-            z = ln[0] * st["nx"] + ln[1] * st["nh"] + b
+            zx, zh = st["x"] @ w_ih.T, st["hr"] @ w_hh.T  # [n, 4H]
+            if ln is None:
+                z = zx + zh + b
+            else:
+                st["nx"], st["sx"] = _normalize(zx)
+                st["nh"], st["sh"] = _normalize(zh)
+                z = ln[0] * st["nx"] + ln[1] * st["nh"] + b
         zi, zf, zg, zo = (z[:, k * H:(k + 1) * H] for k in range(4))  # [n, H] each
         if peephole is not None:
             zi = zi + peephole[0] * st["c_prev"]
@@ -460,7 +499,7 @@ def lstm_stack_forward(x: AnyArray, params: Mapping[str, AnyArray], *, num_layer
                        training: bool = False, seed: int = 0, reverse: bool = False,
                        clip: float | None = None, input_forget: bool = False,
                        zoneout_h: float = 0.0, zoneout_c: float = 0.0,
-                       recurrent_dropout: float = 0.0) -> tuple[
+                       recurrent_dropout: float = 0.0, int8: bool = False) -> tuple[
                            AnyArray, tuple[AnyArray, AnyArray], dict[str, Any]]:
     """A stack of ``num_layers`` layers of one or two directions, like ``torch.nn.LSTM``.
 
@@ -473,6 +512,7 @@ def lstm_stack_forward(x: AnyArray, params: Mapping[str, AnyArray], *, num_layer
     ``batch_first``). Layer ``l``, direction ``d`` is one :func:`lstm_forward` pass with
     ``stream_base = 8 * (2l + d)``; the reverse direction runs with ``reverse=True``. In
     training, ``dropout`` drops the output of every layer but the last (stream ``16l + 3``).
+    ``int8``: every pass's products as :func:`lstm_forward`'s with ``int8``.
     """
     L = _uint("num_layers", num_layers, 1 << 31)
     if L == 0:
@@ -504,7 +544,8 @@ def lstm_stack_forward(x: AnyArray, params: Mapping[str, AnyArray], *, num_layer
         states = [dict(h0=h, c0=c) for h, c in zip(h0, c0)]
     opts: dict[str, Any] = dict(lengths=lengths, clip=clip, input_forget=input_forget,
                                 zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-                                recurrent_dropout=recurrent_dropout, training=training, seed=seed)
+                                recurrent_dropout=recurrent_dropout, training=training, seed=seed,
+                                int8=int8)
     inp, passes, masks, h_n, c_n = x, [], [], [], []
     for k in range(L):
         outs, caches = [], []
