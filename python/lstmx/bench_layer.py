@@ -21,6 +21,7 @@ Each peer is first checked to compute what lstmx computes (a mismatch is reporte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ LAYER_TARGETS = (
     "varlen: >= 1.5x torch on a PackedSequence",
     "stream: one step at B=1, I=H=256 takes <= 10 us",
     "stream, float16 weights (freeze(np.float16)): one step at B=1, I=H=256 takes <= 10 us",
+    "stream, int8 weights (freeze(np.int8)): one step at B=1, I=H=256 takes <= 10 us",
 )
 STREAM = 256  # I = H of the stream row
 
@@ -254,6 +256,7 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
 
     frozen, fstate = m.freeze(), m.initial_state(1)
     half, hstate = m.freeze(np.float16), m.initial_state(1)  # the weights rounded to float16
+    q8, qstate = m.freeze(np.int8), m.initial_state(1)  # dynamic quantization
 
     def step() -> object:
         nonlocal state
@@ -270,28 +273,51 @@ def _stream(env: Env, cfg: BenchConfig) -> list[tuple[LayerRow, dict[str, Callab
         y, hstate = half.step(x, hstate)
         return y
 
+    def int8_step() -> object:
+        nonlocal qstate
+        y, qstate = q8.step(x, qstate)
+        return y
+
     # The floor: reading the weights once, as one GEMV [4H, I+H] x [I+H] (NumPy's BLAS)
     p = m.named_parameters()
     w = np.concatenate([p["weight_ih_l0"], p["weight_hh_l0"]], axis=1)
     v = np.concatenate([x[0], state.h[0, 0]])
     fns: dict[str, Callable[[], object]] = {"lstmx": step, "lstmx frozen": frozen_step,
-                                            "lstmx float16": half_step, "gemv": lambda: w @ v}
-    mismatch = _rel(frozen.step(x)[0], m.step(x)[0])  # (float16 weights: not the same layer)
+                                            "lstmx float16": half_step, "lstmx int8": int8_step,
+                                            "gemv": lambda: w @ v}
+    # (float16 and int8 weights: not the same layer)
+    mismatch = _rel(frozen.step(x)[0], m.step(x)[0])
     if env.torch is not None:
         torch = env.torch
         mod = torch.nn.LSTM(STREAM, STREAM)
         mod.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
-        xt, hx = torch.from_numpy(x[None]), None
+        xt = torch.from_numpy(x[None])
 
-        def t_step() -> Any:
-            nonlocal hx
-            with torch.inference_mode():
-                y, hx = mod(xt, hx)
-            return y
+        def per_step(lstm: Any) -> Callable[[], object]:
+            hx = None
 
-        fns["torch"] = t_step
+            def t_step() -> Any:
+                nonlocal hx
+                with torch.inference_mode():
+                    y, hx = lstm(xt, hx)
+                return y
+            return t_step
+
+        fns["torch"] = per_step(mod)
         with torch.inference_mode():
             mismatch = max(mismatch, _rel(mod(xt)[0].numpy()[0], m.step(x)[0]))
+        # torch's own int8 step (torch.ao's dynamic quantization: int8 weights, activations
+        # quantized per call), the peer of freeze(np.int8); skipped where it does not run
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                qmod = torch.ao.quantization.quantize_dynamic(
+                    torch.nn.Sequential(mod), {torch.nn.LSTM}, dtype=torch.qint8)[0]
+                with torch.inference_mode():
+                    qmod(xt)
+            fns["torch int8"] = per_step(qmod)
+        except (AttributeError, RuntimeError):
+            pass
     return [(LayerRow("stream", "infer", _fwd_flops(1, 1, STREAM, STREAM), mismatch=mismatch),
              fns)]
 
@@ -302,7 +328,7 @@ _BUILDERS = (_varlen, _bidir2, _layernorm, _stream)
 def layer_steps(env: Env) -> int:
     """Progress steps of :func:`run_layer` (at most)."""
     return env.rounds * ((len(_BUILDERS) - 1) * len(MODES) * (3 if env.torch is not None else 2)
-                         + 5)
+                         + 7)
 
 
 def run_layer(env: Env, cfg: BenchConfig, prog: Progress) -> list[LayerRow]:
@@ -330,12 +356,14 @@ def format_layer(rows: Sequence[LayerRow], cfg: BenchConfig) -> str:
             notes.append(f"per useful token {pt:.2f}x equal lengths "
                          f"({r.ms('lstmx equal'):.2f} ms for all {r.tokens[1]} tokens)")
         ms, peer_ms, gemv, fz = r.ms("lstmx"), r.ms(r.peer), r.ms("gemv"), r.ms("lstmx frozen")
-        f16 = r.ms("lstmx float16")
+        f16, i8, ti8 = r.ms("lstmx float16"), r.ms("lstmx int8"), r.ms("torch int8")
         if r.name == "stream" and ms is not None and gemv is not None:
             notes.append(f"B=1 I=H={STREAM}: {ms * 1e3:.1f} us a step"
                          + ("" if fz is None else f", frozen {fz * 1e3:.1f} us")
                          + ("" if f16 is None else f", float16 weights {f16 * 1e3:.1f} us")
-                         + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us)")
+                         + ("" if i8 is None else f", int8 weights {i8 * 1e3:.1f} us")
+                         + ("" if peer_ms is None else f" (torch {peer_ms * 1e3:.1f} us"
+                            + ("" if ti8 is None else f", int8 {ti8 * 1e3:.1f} us") + ")")
                          + f"; one GEMV of the weights (NumPy) takes {gemv * 1e3:.1f} us")
         if r.mismatch is not None and not r.mismatch <= 1e-3:
             notes.append(f"WARNING: the peer's output differs by {r.mismatch:.2g}")
@@ -370,7 +398,8 @@ def layer_targets(rows: Sequence[LayerRow]) -> list[Target]:
                           + ("" if fz is None else f", FrozenLSTM.step {fz * 1e3:.1f} us")
                           + ("" if sp is None else f" (LSTM.step {sp:.1f}x faster than torch)"),
                           best * 1e3 <= 10))
-    f16 = None if st is None else st.ms("lstmx float16")
-    out.append(Target(LAYER_TARGETS[3], "not measured", None) if f16 is None else
-               Target(LAYER_TARGETS[3], f"FrozenLSTM.step {f16 * 1e3:.1f} us", f16 * 1e3 <= 10))
+    for text, impl in zip(LAYER_TARGETS[3:], ("lstmx float16", "lstmx int8")):
+        t = None if st is None else st.ms(impl)
+        out.append(Target(text, "not measured", None) if t is None else
+                   Target(text, f"FrozenLSTM.step {t * 1e3:.1f} us", t * 1e3 <= 10))
     return out
