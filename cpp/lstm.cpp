@@ -2637,7 +2637,8 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
     Buf<S> z, part;  // [B, 4, V] pre-activations of one block; panel_rows' tiles
     // int8 panels: x and h quantized, qa [2][B, A4] (q + 128), their scales sa [2][B] and the
     // integer sums of one panel, iacc [B, 4V] (this thread's copies; q_row)
-    const bool q8 = std::is_same_v<S, float> && layers[0].packed && layers[0].packed->q8[0];
+    bool q8 = false;  // (any layer's)
+    for (Index k = 0; k < L; ++k) q8 = q8 || (layers[k].packed && layers[k].packed->q8[0]);
     const Index A4 = 4 * ceil_div(std::max(d.I, R), 4);
     Buf<std::uint8_t> qa;
     Buf<float> sa;
@@ -2681,7 +2682,7 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
       const StepLayer<S>& l = layers[k];
       err.run([&] {
         if constexpr (std::is_same_v<S, float>)
-          for (Index b = 0; q8 && b0 < b1 && b < B; ++b) {
+          for (Index b = 0; l.packed && l.packed->q8[0] && b0 < b1 && b < B; ++b) {
             sa.data()[b] = q_row(dk.I, xk + b * dk.I, qa.data() + b * A4);
             sa.data()[B + b] = q_row(R, hk + b * R, qa.data() + (B + b) * A4);
           }
@@ -2695,10 +2696,9 @@ void lstm_step(int threads, const Dims& d, Index L, const StepLayer<S>* layers,
               if constexpr (std::is_same_v<S, float>) {
                 if (const std::uint16_t* hw = l.packed->half[m])
                   return panel_rows_half(B, K, hw + blk * K * W, a_row, init, done, part.data());
-                if (q8) {  // the integer sums, then init + float(sum) * (sa * sw)
-                  const Index K4 = ceil_div(K, 4);
-                  q8_dots(B, K4, l.packed->q8[m] + blk * K4 * W * 4, qa.data() + m * B * A4, A4,
-                          iacc.data());
+                if (const std::int8_t* qw = l.packed->q8[m]) {  // the integer sums, then
+                  const Index K4 = ceil_div(K, 4);  // init + float(sum) * (sa * sw)
+                  q8_dots(B, K4, qw + blk * K4 * W * 4, qa.data() + m * B * A4, A4, iacc.data());
                   const float* sw = l.packed->qscale[m] + blk * W;
                   const std::int32_t* qs = l.packed->qsum[m] + blk * W;
                   for (Index b = 0; b < B; ++b) {

@@ -427,6 +427,28 @@ def test_int8_sequence_calls() -> None:
     assert h1.shape == (2, 5) and c1.shape == (2, 8)
 
 
+def test_int8_and_other_layers_in_one_step() -> None:
+    """The kernel takes each layer's panels as they come: int8 above float32, and below plain
+    weights (only FrozenLSTM builds the first, but a direct call cannot crash either)."""
+    m = lstmx.LSTM(6, 8, num_layers=2, proj_size=5, seed=2)
+    layers = [m._step_pass(k).layer for k in range(2)]
+    f32 = [_core.pack(*lay[:2], lay[4]) for lay in layers]
+    i8 = [_core.pack(*lay[:2], lay[4], int8=True) for lay in layers]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    h, c = (0.5 * rng.standard_normal(a.shape).astype(np.float32) for a in m.initial_state(3))
+    for packs in ((f32[0], i8[1]), (i8[0], None)):
+        _, hn, cn = _core.step_plan([lay if pk is None else lay + (pk,)
+                                     for lay, pk in zip(layers, packs)]).run(x, h, c)
+        for k, pk in enumerate(packs):  # each layer on the input the kernel gave it
+            w_ih, w_hh, b_ih, b_hh, w_hr = layers[k][:5]
+            _, want_h, want_c, _ = reference.lstm_forward(
+                (x if k == 0 else hn[0])[None], w_ih, w_hh, b_ih, b_hh, h[k], c[k], w_hr=w_hr,
+                int8=pk is not None and pk.int8)
+            np.testing.assert_allclose(hn[k], want_h, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(cn[k], want_c, rtol=0, atol=2e-6)
+
+
 def test_int8_arguments() -> None:
     m = lstmx.LSTM(30, 40, seed=0)
     q = m.freeze(np.int8)
