@@ -848,12 +848,13 @@ EIGEN_ALWAYS_INLINE void panel_rows_half(Index B, Index K, const std::uint16_t* 
 // (q = 0 and scale 0 if m < 2^-100; a NaN scale, so NaN results, if v is not finite). A gate's
 // pre-activation is float(sum_k qa_k qw_k) * (sa * sw) + the bias: the sums are of integers,
 // exact, so the results do not depend on the ISA, the thread count or the order of the sums
-// (lstmx.reference.step_int8 computes them in NumPy, bitwise).
+// (lstmx.reference.quantize_int8 and lstm_forward(int8=True) compute them in NumPy, bitwise).
 struct QScale {
   float scale, inv;
 };
 inline QScale q_scale(float m) {  // m: max |v_k|, NaN if some v_k is not finite
-  if (!(m <= std::numeric_limits<float>::max())) return {std::numeric_limits<float>::quiet_NaN(), 0.f};
+  if (!(m <= std::numeric_limits<float>::max()))
+    return {std::numeric_limits<float>::quiet_NaN(), 0.f};
   if (m < 0x1p-100f) return {0.f, 0.f};
   return {m / 127.f, 127.f / m};
 }
@@ -901,8 +902,10 @@ __attribute__((target("avx512vnni"))) void q8_tile_vnni(Index K4, const std::int
       std::int32_t a4;
       std::memcpy(&a4, a + r * lda + 4 * k, 4);
       const __m512i av = _mm512_set1_epi32(a4);
-      s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, w0), s[r][1] = _mm512_dpbusd_epi32(s[r][1], av, w1);
-      s[r][2] = _mm512_dpbusd_epi32(s[r][2], av, w2), s[r][3] = _mm512_dpbusd_epi32(s[r][3], av, w3);
+      s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, w0);
+      s[r][1] = _mm512_dpbusd_epi32(s[r][1], av, w1);
+      s[r][2] = _mm512_dpbusd_epi32(s[r][2], av, w2);
+      s[r][3] = _mm512_dpbusd_epi32(s[r][3], av, w3);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -910,12 +913,59 @@ __attribute__((target("avx512vnni"))) void q8_tile_vnni(Index K4, const std::int
 }
 #endif
 
+// Without VNNI: (v)pmaddwd on the bytes widened to int16 sums each lane's products in pairs,
+// (k0, k1) and (k2, k3) of a quad, into two int32 (then added). A vector takes `bytes` weight
+// bytes: bytes / 4 lanes.
+#if defined(__AVX512BW__)
+struct MaddLanes {
+  using T = __m512i;
+  static constexpr int bytes = 32;
+  static T widen(const std::int8_t* p) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static T act(std::int64_t a4) { return _mm512_set1_epi64(a4); }
+  static T madd(T a, T b) { return _mm512_madd_epi16(a, b); }
+  static T add(T a, T b) { return _mm512_add_epi32(a, b); }
+  static T zero() { return _mm512_setzero_si512(); }
+  static void store(std::int32_t* p, T v) { _mm512_storeu_si512(p, v); }
+};
+#elif defined(__AVX2__)
+struct MaddLanes {
+  using T = __m256i;
+  static constexpr int bytes = 16;
+  static T widen(const std::int8_t* p) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static T act(std::int64_t a4) { return _mm256_set1_epi64x(a4); }
+  static T madd(T a, T b) { return _mm256_madd_epi16(a, b); }
+  static T add(T a, T b) { return _mm256_add_epi32(a, b); }
+  static T zero() { return _mm256_setzero_si256(); }
+  static void store(std::int32_t* p, T v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+};
+#elif defined(__SSE2__)
+struct MaddLanes {
+  using T = __m128i;
+  static constexpr int bytes = 8;
+  static T widen(const std::int8_t* p) {  // (SSE2 has no pmovsxbw: bytes into high halves)
+    const T x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm_srai_epi16(_mm_unpacklo_epi8(x, x), 8);
+  }
+  static T act(std::int64_t a4) { return _mm_set1_epi64x(a4); }
+  static T madd(T a, T b) { return _mm_madd_epi16(a, b); }
+  static T add(T a, T b) { return _mm_add_epi32(a, b); }
+  static T zero() { return _mm_setzero_si128(); }
+  static void store(std::int32_t* p, T v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+};
+#endif
+
+// LSTMX_NO_VNNI (set before the first step; a test hook) takes the pmaddwd path on a CPU that has
+// VNNI too.
 inline void q8_dots(Index B, Index K4, const std::int8_t* wq, const std::uint8_t* a, Index lda,
                     std::int32_t* acc) {
   constexpr Index W = 4 * kV<float>;
 #if defined(__AVX512F__)
   static_assert(W == 64, "q8_tile_vnni: 64 lanes");
-  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  static const bool vnni = __builtin_cpu_supports("avx512vnni") && !std::getenv("LSTMX_NO_VNNI");
   if (vnni) {
     Index b = 0;
     for (; b + 4 <= B; b += 4) q8_tile_vnni<4>(K4, wq, a + b * lda, lda, acc + b * W);
@@ -924,6 +974,26 @@ inline void q8_dots(Index B, Index K4, const std::int8_t* wq, const std::uint8_t
     return;
   }
 #endif
+#if defined(__SSE2__)
+  using M = MaddLanes;
+  constexpr int NV = int(W) * 4 / M::bytes;  // vectors a quad of the panel: 8
+  alignas(64) std::int32_t pairs[2 * W];
+  for (Index b = 0; b < B; ++b) {
+    typename M::T s[NV];
+    for (int v = 0; v < NV; ++v) s[v] = M::zero();
+    const std::uint8_t* ab = a + b * lda;
+    for (Index k = 0; k < K4; ++k) {
+      const std::int64_t a4 = std::int64_t(ab[4 * k]) | std::int64_t(ab[4 * k + 1]) << 16 |
+                              std::int64_t(ab[4 * k + 2]) << 32 | std::int64_t(ab[4 * k + 3]) << 48;
+      const typename M::T av = M::act(a4);
+      const std::int8_t* w = wq + k * W * 4;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) s[v] = M::add(s[v], M::madd(M::widen(w + v * M::bytes), av));
+    }
+    for (int v = 0; v < NV; ++v) M::store(pairs + v * M::bytes / 2, s[v]);
+    for (Index j = 0; j < W; ++j) acc[b * W + j] = pairs[2 * j] + pairs[2 * j + 1];
+  }
+#else
   for (Index b = 0; b < B; ++b) {  // portable: the same integer sums
     std::int32_t* c = acc + b * W;
     const std::uint8_t* ab = a + b * lda;
@@ -935,6 +1005,7 @@ inline void q8_dots(Index B, Index K4, const std::int8_t* wq, const std::uint8_t
         c[j] += a0 * w[4 * j] + a1 * w[4 * j + 1] + a2 * w[4 * j + 2] + a3 * w[4 * j + 3];
     }
   }
+#endif
 }
 
 // Panel p of Packed::q8 from the float32 panel wp [K, 4V] (Panels::Gates, as pack_forward
@@ -1443,7 +1514,7 @@ struct Packed {
   S* w[3] = {};  // wi, wh, whr as pack_forward writes them, on huge pages
   std::uint16_t* half[2] = {};  // wi, wh in float16 (same layout), if made with kHalf
   // kInt8 (then w[0], w[1] are freed once these are made): wi, wh as int8 in quads
-  // [panels, ceil(K / 4), 4V, 4] (q8_panels), each row's scale and 128 times its sum of q
+  // [panels, ceil(K / 4), 4V, 4] (q8_panel), each row's scale and 128 times its sum of q
   std::int8_t* q8[2] = {};
   float* qscale[2] = {};       // [panels * 4V]
   std::int32_t* qsum[2] = {};  // [panels * 4V]
@@ -2789,7 +2860,8 @@ Packed<S>* packed_new(int threads, const Dims& d, const S* w_ih, const S* w_hh, 
     share(np, nt, tid, p0, p1);
     share(npr, nt, tid, r0, r1);
     err.run([&] { pack_forward(d, p0, p1, r0, r1, w_ih, w_hh, w_hr, pk->w[0], pk->w[1], pk->w[2]); });
-    for (int k = 0; quant != kNone && k < 2; ++k) {  // this thread's panels, as lstm_step shares them
+    for (int k = 0; quant != kNone && k < 2; ++k) {  // this thread's panels, as lstm_step
+                                                      // shares them
       const Index K = k ? d.R() : d.I;
       if constexpr (std::is_same_v<S, float>)
         for (Index p = p0; quant == kInt8 && p < p1; ++p)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -376,6 +380,20 @@ def test_int8_step_is_the_reference(isa: str, kw: dict[str, Any], batch: int) ->
         np.testing.assert_array_equal(got, want)
 
 
+def test_int8_without_vnni_gives_the_same_bits(tmp_path: Path) -> None:
+    """The pmaddwd path (a CPU without AVX512-VNNI; LSTMX_NO_VNNI forces it) sums the same
+    integers as vpdpbusd: the same bits, in a process of each."""
+    code = ("import sys, numpy as np, lstmx\n"
+            "m = lstmx.LSTM(37, 70, num_layers=2, proj_size=9, seed=3)\n"
+            "x = np.random.default_rng(4).standard_normal((5, 7, 37)).astype(np.float32)\n"
+            "np.save(sys.argv[1], m.freeze(np.int8)(x)[0])\n")
+    for name, extra in (("vnni", {}), ("madd", {"LSTMX_NO_VNNI": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "LSTMX_NO_VNNI"}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True,
+                       env={**env, **extra}, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "vnni.npy"), np.load(tmp_path / "madd.npy"))
+
+
 def test_int8_single_step_matches_the_reference_closely() -> None:
     """One step from a given state: the pre-activations are bitwise the reference's, so only
     the cell's functions differ (float32 ulps)."""
@@ -422,6 +440,8 @@ def test_int8_sequence_calls() -> None:
     np.testing.assert_allclose(h_n, hr, rtol=0, atol=1e-4)
     np.testing.assert_allclose(c_n, cr, rtol=0, atol=1e-4)
     assert (y[1] == 0).all() and (y[2, 2:] == 0).all() and (h_n[:, 1] == 0).all()
+    y0, (h0, _) = q(x[:0], lengths=np.zeros(0, np.int64))  # no sequences
+    assert y0.shape == (0, 5, 5) and h0.shape == (2, 0, 5)
     y1, (h1, c1) = q(x[0])  # unbatched [T, I]
     np.testing.assert_array_equal(y1, q(x[:1])[0][0])
     assert h1.shape == (2, 5) and c1.shape == (2, 8)

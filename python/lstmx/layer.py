@@ -705,8 +705,9 @@ class FrozenLSTM:
     copy of the layer (``layer``), its weight matrices rounded to float16 with
     ``weight_dtype=np.float16`` (then the results are bitwise those of that rounded layer).
     With ``weight_dtype=np.int8`` every step is quantized (:meth:`LSTM.freeze`), and a call on
-    a sequence runs step by step: the results are those of
-    ``lstmx.reference.lstm_stack_forward(..., int8=True)``, not of the layer.
+    a sequence runs step by step: the results follow
+    ``lstmx.reference.lstm_stack_forward(..., int8=True)`` (the same pre-activations, bitwise,
+    from the same inputs) and differ from the layer's by about 1%.
     Pickles (packing again on load). The packing belongs to the kernels active when it was
     made: if they change (``_core.set_isa``), calls raise ``ValueError`` until the layer is
     frozen again."""
@@ -786,9 +787,10 @@ class FrozenLSTM:
         y = np.zeros((T, B, lay._R), lay.dtype)
         state = lay.initial_state(B) if h0 is None or c0 is None else StreamState(
             _c_array(h0), _c_array(c0))
+        first_end = T if lens is None or B == 0 else int(lens.min())
         for t in range(T):
             yt, new = self.step(_c_array(xa[t]), state)
-            if lens is not None and t >= lens.min():  # ended: keep the state, y = 0
+            if lens is not None and t >= first_end:  # ended: they keep their state, y = 0
                 run = lens > t
                 yt = np.where(run[:, None], yt, 0)
                 new = StreamState(np.where(run[:, None], new.h, state.h),
