@@ -133,10 +133,8 @@ def _int8_step(dt: np.dtype[Any]) -> dict[str, Any]:
 
 def _int8_x(dt: np.dtype[Any]) -> dict[str, Any]:
     """FrozenLSTM.__call__ (step by step with int8 panels where the layer is float32)."""
-    kw = _layer_step(dt)
-    c = case(dt)
-    return dict(self=kw["self"].freeze(np.int8 if dt == np.float32 else None), x=c["x"],
-                hx=kw["state"], lengths=[3, 1])
+    kw = _int8_step(dt)
+    return dict(self=kw["self"], x=case(dt)["x"], hx=kw["state"], lengths=[3, 1])
 
 
 def _layer_backward(dt: np.dtype[Any]) -> dict[str, Any]:
